@@ -1,0 +1,40 @@
+"""The exceptions fastnst raises.
+
+Every error a user can cause (a bad file, a bad option, missing weights) is a
+``FastNSTError`` whose message is one line saying what went wrong and how to fix
+it. The CLI prints that line and exits; library users catch the class they care
+about. Programming errors stay ordinary Python exceptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FastNSTError(Exception):
+    """Base class: a user-facing problem with a one-line message."""
+
+
+class ConfigError(FastNSTError, ValueError):
+    """An option or combination of options is invalid (CLI exit code 2)."""
+
+
+class FileError(FastNSTError):
+    """A file could not be used. ``str()`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ImageError(FileError):
+    """An image file is unreadable, truncated, empty, too large or not an image."""
+
+
+class ModelFileError(FileError):
+    """A model or checkpoint file is unsafe, truncated, or holds the wrong network."""
+
+
+class WeightsError(FastNSTError):
+    """Loss-network (VGG) weights are missing, unreachable or lack a needed layer."""

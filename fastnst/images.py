@@ -1,0 +1,175 @@
+"""Reading and writing images.
+
+Whatever the file (JPEG, PNG including 16-bit, WebP, TIFF, BMP, GIF's first
+frame), ``open_image`` returns an 8-bit RGB ``PIL.Image`` with the EXIF
+orientation applied and transparency composited on white. Anything that cannot
+be read raises ``ImageError`` carrying the path and the reason, so a batch job
+can report the file in one line and go on.
+
+Tensors are (3, H, W) or (B, 3, H, W) float RGB in 0–1, the package's range.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fastnst.errors import ConfigError, ImageError
+from fastnst.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+# 100 megapixels: a 12,000 × 8,000 photo passes; decompression bombs (a tiny file
+# declaring a 50,000 × 50,000 image) are refused before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+# Pillow format name and save options per output suffix. The options are fixed so
+# that encoding the same pixels twice gives byte-identical files.
+_SAVE_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
+}
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB image, oriented as the camera intended.
+
+    Raises ``ImageError`` for missing, unreadable, empty, truncated and non-image
+    files, for images over ``max_pixels`` (checked from the header, before
+    decoding; ``None`` disables the check) and for modes with no RGB meaning.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise ImageError(path, "is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # We apply our own pixel limit below; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageError(path, f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                                           f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)")
+                img.load()
+                try:
+                    img = ImageOps.exif_transpose(img)
+                except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not lose the photo
+                    log.warning("%s: ignoring unreadable EXIF orientation (%s)", path, _first_line(exc))
+                return to_rgb(img, path)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image, or a format Pillow cannot read") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageError(path, f"header declares over {limit:,} pixels (Pillow's hard limit); refused as a "
+                               "possible decompression bomb") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, f"cannot decode ({_first_line(exc)}); the file may be truncated or corrupt") from None
+
+
+def to_rgb(img: Image.Image, path: str | Path = "<image>") -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: alpha over white, 16-bit scaled, CMYK and palettes mapped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own convert("L") clips 16-bit values at 255 instead of scaling them.
+        values = np.asarray(img).astype(np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        gray = np.clip(np.round(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+    try:
+        if has_alpha:
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(path, f"unsupported image mode {mode} ({_first_line(exc)})") from None
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image → (3, H, W) float32 tensor in 0–1."""
+    array = np.array(to_rgb(img), dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) tensor in 0–1 → 8-bit RGB image (clamped, rounded)."""
+    if tensor.dim() == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError(f"to_pil takes one image, got a batch of {tensor.shape[0]}")
+        tensor = tensor[0]
+    array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:
+    """Downsize so the longer side is at most ``max_size`` (aspect kept); never upsizes."""
+    if not max_size or max(img.size) <= max_size:
+        return img
+    scale = max_size / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def load_image(path: str | Path, max_size: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Open ``path`` (see ``open_image``), optionally downsize its long side, → (3, H, W) in 0–1."""
+    return to_tensor(resize_long_side(open_image(path, max_pixels), max_size))
+
+
+def save_image(image: Image.Image | torch.Tensor, path: str | Path, quality: int = 95) -> Path:
+    """Write an image atomically, the format chosen by the suffix (.jpg .png .webp .tif .bmp).
+
+    ``quality`` applies to JPEG and WebP. Encoder settings are fixed, so the same
+    pixels always give the same bytes.
+    """
+    path = Path(path)
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{path}: cannot save as {path.suffix or '(no suffix)'}; use one of "
+                          f"{', '.join(sorted(_SAVE_FORMATS))}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"quality must be 1–100, got {quality}")
+    if isinstance(image, torch.Tensor):
+        image = to_pil(image)
+    options: dict = {}
+    if fmt == "JPEG":
+        options = {"quality": quality, "subsampling": 0 if quality >= 90 else 2, "optimize": False}
+    elif fmt == "WEBP":
+        options = {"quality": quality, "method": 4}
+    elif fmt == "PNG":
+        options = {"compress_level": 6}
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **options)
+    return path
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has one of the suffixes fastnst reads (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny models, random VGG weight files, and the ../shared data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastnst.checkpoint import save_model
+from fastnst.models.transformer import SPECS, TransformerNet
+from fastnst.models.vgg import VGGFeatures
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+requires_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent (it sits beside the checkout in dev and CI)")
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch, tmp_path):
+    """Nothing downloads in tests: an attempted download fails as if offline, and the hub cache is empty."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("FASTNST_VGG_WEIGHTS", raising=False)
+
+
+@pytest.fixture
+def light_net() -> TransformerNet:
+    torch.manual_seed(0)
+    return TransformerNet(SPECS["light"]).eval()
+
+
+@pytest.fixture
+def model_file(tmp_path, light_net) -> Path:
+    return save_model(tmp_path / "light.safetensors", light_net, styles=["test-style"], config={"steps": 3})
+
+
+def random_vgg_state(arch: str, upto: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ``features.*`` weights of ``arch`` up to layer ``upto``, scaled to keep activations sane."""
+    torch.manual_seed(seed)
+    net = VGGFeatures(arch, [upto])
+    state = {}
+    for key, value in net.state_dict().items():
+        fan_in = value[0].numel() if value.dim() > 1 else 1
+        state[key] = torch.randn_like(value) * (2.0 / fan_in) ** 0.5 if value.dim() > 1 else torch.rand_like(value) * .1
+    return state
+
+
+@pytest.fixture
+def vgg_file(tmp_path):
+    """Factory: write random VGG weights up to a layer to a file and return its path."""
+
+    def make(arch: str = "vgg16", upto: str = "relu2_2", name: str | None = None, extra: dict | None = None) -> Path:
+        path = tmp_path / (name or f"{arch}-{upto}.pth")
+        torch.save({**random_vgg_state(arch, upto), **(extra or {})}, path)
+        return path
+
+    return make
+
+
+def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A small RGB test picture: smooth gradients plus noise, so every channel varies."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), (x + y) / max(width + height - 2, 1)], -1)
+    pixels = np.clip(base * 200 + rng.integers(0, 55, size=base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))

@@ -1,0 +1,144 @@
+"""Model files: round trip, metadata, fp16, atomic writes, and every way a file can be bad."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fastnst.checkpoint import FORMAT_VERSION, load_model, read_info, save_model
+from fastnst.errors import ConfigError, ModelFileError
+from fastnst.files import TEMP_MARKER
+from fastnst.models.transformer import SPECS, TransformerNet
+
+
+def test_round_trip_rebuilds_the_network_from_the_file_alone(model_file, light_net):
+    model, info = load_model(model_file)
+    assert info.spec == SPECS["light"] and info.styles == ("test-style",) and info.config == {"steps": 3}
+    assert info.format_version == FORMAT_VERSION
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), light_net(x), rtol=0, atol=0)
+    assert not model.training
+
+
+def test_half_precision_file_is_half_the_size_and_loads_as_fp32(tmp_path, light_net):
+    full = save_model(tmp_path / "full.safetensors", light_net)
+    half = save_model(tmp_path / "half.safetensors", light_net, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    model, _ = load_model(half)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), light_net(x), rtol=0, atol=2e-2)
+
+
+def test_metadata_is_readable_without_the_network(model_file):
+    assert read_info(model_file).styles == ("test-style",)
+
+
+def test_writes_are_atomic_and_leave_nothing_behind_on_failure(tmp_path, light_net, monkeypatch):
+    path = save_model(tmp_path / "m.safetensors", light_net, styles=["first"])
+    original = path.read_bytes()
+
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(path, light_net, styles=["second"])
+    assert path.read_bytes() == original
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_MARKER)]
+
+
+def test_output_must_be_safetensors(tmp_path, light_net):
+    with pytest.raises(ConfigError, match=r"\.safetensors"):
+        save_model(tmp_path / "m.pth", light_net)
+
+
+class _Exploit:
+    """A pickle payload that creates a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"conv1.conv2d.weight": _Exploit(marker)}, path)
+    with pytest.raises(ModelFileError) as err:
+        load_model(path)
+    assert "refused" in str(err.value) and "evil.pth" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+    # The payload is real: an unsafe load in a separate process does create the file.
+    code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+def test_plain_pickle_without_torch_is_also_refused(tmp_path):
+    marker = tmp_path / "pwned2"
+    path = tmp_path / "evil.model"
+    path.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(ModelFileError, match="evil.model: cannot load"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_truncated_file_is_one_line_naming_it(model_file):
+    data = model_file.read_bytes()
+    model_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError) as err:
+        load_model(model_file)
+    message = str(err.value)
+    assert message.startswith(str(model_file)) and "\n" not in message
+
+
+def test_wrong_architecture_names_the_mismatch(tmp_path, light_net):
+    path = save_model(tmp_path / "m.safetensors", light_net)
+    # Same tensors, but metadata claiming the default (wider) network.
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["spec"] = json.dumps({"channels": [32, 64, 128], "num_residual": 3})
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ModelFileError, match=r"has shape \(16, 3, 9, 9\), the network needs \(32, 3, 9, 9\)"):
+        load_model(path)
+    del tensors["residual.0.conv1.weight"]
+    meta["spec"] = json.dumps(SPECS["light"].to_dict())
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ModelFileError, match="missing 1 tensor.*residual.0.conv1.weight"):
+        load_model(path)
+
+
+def test_foreign_and_future_files(tmp_path):
+    foreign = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ModelFileError, match="not a fastnst model"):
+        load_model(foreign)
+    future = tmp_path / "future.safetensors"
+    save_model(future, TransformerNet(SPECS["light"]))
+    from safetensors import safe_open
+
+    with safe_open(str(future), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(future), metadata={**meta, "format_version": str(FORMAT_VERSION + 1)})
+    with pytest.raises(ModelFileError, match="newer than this fastnst"):
+        load_model(future)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model(tmp_path / "absent.safetensors")
