@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from fastnst.backends.torch import TorchBackend
 from fastnst.checkpoint import ModelInfo, load_model
-from fastnst.device import DEVICE_CHOICES, resolve_device
+from fastnst.device import DEVICE_CHOICES
 from fastnst.errors import ConfigError, FastNSTError, ImageError
 from fastnst.images import (
     DEFAULT_MAX_PIXELS,
@@ -82,19 +83,17 @@ class Stylizer:
     """
 
     def __init__(self, model: str | Path | TransformerNet, device: str | torch.device = "auto") -> None:
-        self.device = resolve_device(device)
         if isinstance(model, TransformerNet):
-            self.net, self.info = model, ModelInfo(spec=model.spec)
+            net, self.info = model, ModelInfo(spec=model.spec)
         else:
-            self.net, self.info = load_model(model)
-        self.net = self.net.to(self.device).eval()
+            net, self.info = load_model(model)
+        self.backend = TorchBackend(net, device)
 
-    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) or (3, H, W) in 0–1 → stylized, same shape, clamped to 0–1, on the input's device."""
         single = images.dim() == 3
         batch = images[None] if single else images
-        out = self.net(batch.to(self.device, torch.float32)).clamp_(0, 1).to(images.device)
+        out = self.backend.run(batch.cpu()).clamp_(0, 1).to(images.device)
         return out[0] if single else out
 
     def stylize_image(self, image: Image.Image) -> Image.Image:
