@@ -18,7 +18,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from fastnst.backends.torch import TorchBackend
-from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import DEVICE_CHOICES
 from fastnst.errors import ConfigError, FastNSTError, ImageError
 from fastnst.images import (
@@ -84,10 +83,10 @@ class Stylizer:
 
     def __init__(self, model: str | Path | TransformerNet, device: str | torch.device = "auto") -> None:
         if isinstance(model, TransformerNet):
-            net, self.info = model, ModelInfo(spec=model.spec)
+            self.backend = TorchBackend(model, device)
         else:
-            net, self.info = load_model(model)
-        self.backend = TorchBackend(net, device)
+            self.backend = TorchBackend.from_file(model, device=device)
+        self.info = self.backend.info
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) or (3, H, W) in 0–1 → stylized, same shape, clamped to 0–1, on the input's device."""

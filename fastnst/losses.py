@@ -96,8 +96,18 @@ class LossSpec:
 
     Defaults follow pytorch/examples (VGG16 activations, weights for the
     torchvision flavour). Layer weights multiply each layer's term inside its loss.
+    ``vgg``, ``vgg_weights`` and ``vgg_flavour`` say which loss network computes the
+    activations (see ``fastnst.pretrained.load_vgg``; ``None`` weights: the
+    environment variable or the official download).
+
+    The flavours see images at different scales (Caffe: 0–255 minus mean), so
+    their activations, and the useful content/style weights, differ by orders of
+    magnitude: tune the weights per flavour.
     """
 
+    vgg: str = "vgg16"
+    vgg_weights: str | None = None
+    vgg_flavour: str = "auto"
     content_layers: Mapping[str, float] = field(default_factory=lambda: {"relu2_2": 1.0})
     style_layers: Mapping[str, float] = field(
         default_factory=lambda: {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0})

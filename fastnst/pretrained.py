@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fastnst.errors import ConfigError, WeightsError
+from fastnst.losses import LossSpec
 from fastnst.models.vgg import FLAVOURS, VGGFeatures
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ def load_vgg(arch: str, layers: list[str] | tuple[str, ...], weights: str | Path
     net.load_state_dict({key: state[key].float() for key in net.required_keys()})
     log.info("VGG loss network: %s (%s flavour) up to %s from %s", arch, flavour, net.layers, origin)
     return net.to(device)
+
+
+def load_loss_network(spec: LossSpec, device: torch.device | str = "cpu") -> VGGFeatures:
+    """The frozen VGG a ``LossSpec`` asks for, built up to the deepest layer its losses read."""
+    return load_vgg(spec.vgg, spec.layers, spec.vgg_weights, spec.vgg_flavour, device)
 
 
 def _features_only(state: dict) -> dict[str, torch.Tensor]:

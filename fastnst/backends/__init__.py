@@ -18,15 +18,22 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from fastnst.checkpoint import ModelInfo
 from fastnst.errors import ConfigError
 from fastnst.models.transformer import NormStats
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """The interface every backend implements."""
+    """The interface every backend implements.
+
+    Each backend class also offers ``from_file(path, *, device="auto")`` building
+    it from a model file it understands, and carries ``info`` (the file's
+    ``ModelInfo``: spec, style names, ...).
+    """
 
     name: str
+    info: ModelInfo
 
     def run(self, batch: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
         """(B, 3, H, W) float32 in 0–1 → (B, 3, H, W) float32, unclamped, same size."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import resolve_device
 from fastnst.models.transformer import NormStats, TransformerNet
 
@@ -16,9 +19,17 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, net: TransformerNet, device: str | torch.device = "auto") -> None:
+    def __init__(self, net: TransformerNet, device: str | torch.device = "auto", info: ModelInfo | None = None
+                 ) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
+        self.info = info or ModelInfo(spec=net.spec)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | torch.device = "auto") -> TorchBackend:
+        """Load a fastnst ``.safetensors`` or pytorch/examples ``.pth`` model file."""
+        net, info = load_model(path)
+        return cls(net, device, info)
 
     @torch.no_grad()
     def run(self, batch: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
