@@ -18,6 +18,11 @@ string metadata holds JSON:
 (``.pth`` / ``.model``) with ``torch.load(weights_only=True)`` — a pickle that
 tries to run code is refused — and converts them with
 ``convert_pytorch_examples``.
+
+Resumable *training* checkpoints (``MODEL.ckpt.pt``, written by ``fastnst train``)
+are a separate format: ``save_training_state`` / ``load_training_state``, a
+``torch.save`` dict of tensors and primitives only (format
+``"fastnst-train-state"``, its own version), read back with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -173,6 +178,45 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(path, "does not hold a state dict of tensors")
+    return state
+
+
+TRAIN_STATE_FORMAT = "fastnst-train-state"
+TRAIN_STATE_VERSION = 1
+
+
+def save_training_state(path: str | Path, state: dict) -> Path:
+    """Write a resumable training checkpoint atomically (``torch.save`` of a dict).
+
+    ``state`` may hold only tensors, numbers, strings, bools, None and lists,
+    tuples and dicts of them, so that ``load_training_state`` can read it back
+    with ``weights_only=True``. The format name and version are added here.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": TRAIN_STATE_FORMAT, "format_version": TRAIN_STATE_VERSION, **state}, tmp)
+    return path
+
+
+def load_training_state(path: str | Path) -> dict:
+    """Read a checkpoint written by ``save_training_state`` (safely: tensors and primitives only).
+
+    Raises ``ModelFileError`` for a missing, truncated or foreign file, or one
+    written by a newer fastnst.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "no such training checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncation, zip errors and refused globals all end here
+        raise ModelFileError(path, f"cannot load the training checkpoint ({_reason(exc)})") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ModelFileError(path, "not a fastnst training checkpoint (resume from the .ckpt.pt file that "
+                                   "fastnst train writes beside the model)")
+    if int(state.get("format_version", 0)) > TRAIN_STATE_VERSION:
+        raise ModelFileError(path, f"training checkpoint version {state['format_version']} is newer than this "
+                                   f"fastnst understands ({TRAIN_STATE_VERSION}); upgrade fastnst")
     return state
 
 

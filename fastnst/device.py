@@ -1,6 +1,10 @@
-"""Choosing the torch device: the one place that turns ``"auto"`` into a device."""
+"""Choosing the torch device (the one place that turns ``"auto"`` into a device) and tuning the CPU for it."""
 
 from __future__ import annotations
+
+import ctypes
+import os
+import sys
 
 import torch
 
@@ -38,3 +42,24 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not _mps_available():
         raise ConfigError("device 'mps' requested but MPS is not available; use --device cpu or auto")
     return torch.device(name)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the OS (Linux).
+
+    A forward pass allocates and frees the same large activations (tens of MB)
+    again and again. By default glibc serves such blocks with mmap and unmaps them
+    when freed, so every pass faults in fresh zeroed pages, which costs eager CPU
+    inference and training up to half their time (``scripts/bench_stylize.py``
+    measures it). The process keeps its peak memory instead. Called by the torch
+    backend and by training when they run on the CPU; idempotent. Setting
+    ``MALLOC_MMAP_MAX_`` yourself turns it off. Returns whether it was applied.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False

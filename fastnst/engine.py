@@ -1,60 +1,99 @@
-"""Stylization: apply a trained model to images and files.
+"""Stylization: apply a trained model to tensors, PIL images and whole photo libraries.
 
-``Stylizer`` loads a model once and stylizes tensors or PIL images;
-``stylize_files`` runs it over a list of inputs (files or folders), mirroring the
-input tree under the output folder, writing each result atomically and reporting
-every bad input without stopping.
+``Stylizer`` loads a model once through a backend (``fastnst.backends``) and
+stylizes images of any size: small ones whole (batched when sizes match),
+large ones in tiles sharing whole-image statistics (``fastnst.tiling``), then
+applies ``strength`` and ``preserve_color`` (``fastnst.color``).
+``fastnst.pipeline.stylize_files`` runs it over files, folders and globs.
+
+Tensors are RGB, (B, 3, H, W) or (3, H, W); float 0–1, or uint8 0–255 for the
+file pipeline, which never holds a float copy of a whole large photo.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from fastnst.backends.torch import TorchBackend
+from fastnst.backends import BACKENDS, Backend, backend_class
+from fastnst.backends.torch import DTYPES, TorchBackend
+from fastnst.color import blend, preserve_color
 from fastnst.device import DEVICE_CHOICES
-from fastnst.errors import ConfigError, FastNSTError, ImageError
-from fastnst.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_SUFFIXES,
-    is_image_file,
-    open_image,
-    resize_long_side,
-    save_image,
-    to_pil,
-    to_tensor,
+from fastnst.errors import ConfigError
+from fastnst.images import DEFAULT_MAX_PIXELS, to_float, to_rgb, to_uint8
+from fastnst.inputs import FORMATS, Shard
+from fastnst.models.transformer import NormStats, TransformerNet
+from fastnst.tiling import (
+    exact_stats,
+    min_tile_size,
+    needs_tiling,
+    norm_count,
+    plan,
+    stylize_tiled,
+    thumbnail_stats,
+    tile_context,
 )
-from fastnst.models.transformer import TransformerNet
 
-log = logging.getLogger(__name__)
-
-FORMATS = ("same", "jpg", "png", "webp")
+# Memory of one eager fp32 forward pass of the default network, per pixel (scripts/bench_stylize.py
+# measures ~940 B). The default tile size gives one pass at most MEMORY_SHARE of the free memory,
+# within [MIN_DEFAULT_TILE, MAX_DEFAULT_TILE]; 1024 (about 1 GB a pass) when free memory is unknown.
+FORWARD_BYTES_PER_PIXEL = 1000
+MEMORY_SHARE = 0.25
+MIN_DEFAULT_TILE, MAX_DEFAULT_TILE = 1024, 4096
+# Batching on accelerators only. On the CPU a batch is no faster than its photos one by one, and
+# oneDNN may round a batch of N differently from N single images in the last bit, which would
+# make a resumed run's bytes depend on its batches.
+DEFAULT_GPU_BATCH = 8
+# Where tiles get their InstanceNorm statistics (see ``fastnst.tiling``). The default is exact
+# where the backend can measure it (torch), else the thumbnail's.
+TILE_STATS = ("exact", "thumbnail")
 
 
 @dataclass(frozen=True)
 class StylizeConfig:
-    """Options of ``fastnst stylize``."""
+    """Options of ``fastnst stylize``; see ``fastnst stylize --help`` for each."""
 
     model: str
     inputs: tuple[str, ...]
     output_dir: str
+    backend: str = "torch"
     device: str = "auto"
+    dtype: str = "fp32"
+    channels_last: bool | None = None  # None: on for CUDA, off on the CPU (torch backend)
+    compile: bool = False
     format: str = "same"
     quality: int = 95
     max_size: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     overwrite: bool = False
+    batch_size: int | None = None  # None: 1 on the CPU, DEFAULT_GPU_BATCH on CUDA/MPS
+    tile_size: int | None = None  # None: from free memory (``default_tile_size``)
+    tile_stats: str | None = None  # None: exact where the backend can, else thumbnail
+    strength: float = 1.0
+    preserve_color: bool = False
+    workers: int = 2
+    streams: int = 1  # photos computed at once, one core each; see ``--streams``
+    shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE if set, else everything
+    report: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
         if not self.inputs:
-            raise ConfigError("no inputs given: name image files or folders to stylize")
+            raise ConfigError("no inputs given: name image files, folders or patterns to stylize")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        torch_only = self.dtype != "fp32" or self.channels_last is not None or self.compile
+        if self.backend != "torch" and torch_only:
+            raise ConfigError(f"--dtype, --channels-last and --compile are torch backend options; drop them or "
+                              f"use --backend torch (got --backend {self.backend})")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:
@@ -63,93 +102,183 @@ class StylizeConfig:
             raise ConfigError(f"--max-size must be a positive number of pixels, got {self.max_size}")
         if self.device.split(":")[0] not in DEVICE_CHOICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.tile_size is not None and self.tile_size < 64:
+            raise ConfigError(f"--tile-size must be at least 64 pixels, got {self.tile_size}")
+        if self.tile_stats is not None and self.tile_stats not in TILE_STATS:
+            raise ConfigError(f"unknown --tile-stats {self.tile_stats!r}; choose one of {', '.join(TILE_STATS)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ConfigError(f"--strength must be within 0..1 (1 = full style, 0 = the photo), got {self.strength}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.streams < 1:
+            raise ConfigError(f"--streams must be at least 1, got {self.streams}")
+        if self.compile and self.streams > 1:
+            raise ConfigError("--compile runs one photo at a time on all cores (compilation is not thread-safe); "
+                              "drop --streams")
+        if self.shard is not None:
+            object.__setattr__(self, "shard", tuple(self.shard))
+            Shard(*self.shard)
 
 
-@dataclass
-class StylizeReport:
-    """What a run did with each input: written, skipped (output existed) or failed (with the reason)."""
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for a forward pass on ``device``: CUDA's free memory, the OS's available memory, or None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
 
-    done: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+
+def default_tile_size(device: torch.device) -> int:
+    """The side of the largest square one forward pass may take: ``MEMORY_SHARE`` of free memory, 64-px steps.
+
+    A quarter leaves room for several photos in flight and the decoded images;
+    24 GB with 20 GB available gives 2240 (a 5 MP pass, so 1080p and most
+    camera photos run whole and only larger ones are tiled).
+    """
+    free = free_memory(device)
+    if free is None:
+        return MIN_DEFAULT_TILE
+    side = int(math.sqrt(free * MEMORY_SHARE / FORWARD_BYTES_PER_PIXEL)) // 64 * 64
+    return max(MIN_DEFAULT_TILE, min(MAX_DEFAULT_TILE, side))
+
+
+def _rank_device(device: str) -> str:
+    """Under torchrun, ``auto``/``cuda`` without an index mean this process's own GPU (``LOCAL_RANK``)."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(local)}"
 
 
 class Stylizer:
-    """A model loaded once, ready to stylize many images.
+    """A model loaded once, ready to stylize many images of any size.
 
-    ``model`` is a path to a model file (fastnst ``.safetensors`` or a
-    pytorch/examples ``.pth``) or a ``TransformerNet``.
+    ``model`` is a model file (fastnst ``.safetensors`` or pytorch/examples
+    ``.pth``, loaded by ``backend``), a ``TransformerNet`` (run by the torch
+    backend) or a ready backend object. ``dtype``, ``channels_last`` and
+    ``compile`` go to the torch backend. Images of more than ``tile_size``²
+    pixels (default: from free memory, ``default_tile_size``) are stylized in
+    tiles sharing ``tile_stats`` statistics (default ``exact`` where the backend
+    can measure them, so tiling does not change the picture); ``strength`` 0–1
+    blends the result with the photo, ``preserve_color`` keeps the photo's
+    colours (luminance transfer).
     """
 
-    def __init__(self, model: str | Path | TransformerNet, device: str | torch.device = "auto") -> None:
+    def __init__(self, model: str | Path | TransformerNet | Backend, *, backend: str = "torch",
+                 device: str | torch.device = "auto", dtype: str = "fp32", channels_last: bool | None = None,
+                 compile: bool = False, tile_size: int | None = None, tile_stats: str | None = None,
+                 strength: float = 1.0, preserve_color: bool = False) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ConfigError(f"strength must be within 0..1, got {strength}")
+        if tile_stats is not None and tile_stats not in TILE_STATS:
+            raise ConfigError(f"unknown tile_stats {tile_stats!r}; choose one of {', '.join(TILE_STATS)}")
+        options = {"dtype": dtype, "channels_last": channels_last, "compile": compile}
         if isinstance(model, TransformerNet):
-            self.backend = TorchBackend(model, device)
+            self.backend = TorchBackend(model, device, **options)
+        elif isinstance(model, (str, Path)):
+            cls = backend_class(backend)
+            extra = options if cls is TorchBackend else {}
+            self.backend = cls.from_file(model, device=device, **extra)
         else:
-            self.backend = TorchBackend.from_file(model, device=device)
+            self.backend = model
         self.info = self.backend.info
+        self.context = tile_context(self.info.spec)
+        if tile_size is None:
+            tile_size = default_tile_size(self.device)
+        if tile_stats is None:
+            tile_stats = "exact" if hasattr(self.backend, "region_sums") else "thumbnail"
+        if tile_size < min_tile_size(self.context):
+            raise ConfigError(f"tile size {tile_size} is too small for this network (it needs {self.context} pixels "
+                              f"of context a side); use at least {min_tile_size(self.context)}")
+        if tile_stats == "exact" and not hasattr(self.backend, "region_sums"):
+            raise ConfigError(f"--tile-stats exact needs a backend that measures statistics tile by tile (torch); "
+                              f"the {self.backend.name} backend does not: use --tile-stats thumbnail")
+        self.tile_size = tile_size
+        self.tile_stats = tile_stats
+        self.strength = float(strength)
+        self.preserve_color = bool(preserve_color)
+
+    @classmethod
+    def from_config(cls, config: StylizeConfig) -> Stylizer:
+        return cls(config.model, backend=config.backend, device=_rank_device(config.device), dtype=config.dtype,
+                   channels_last=config.channels_last, compile=config.compile, tile_size=config.tile_size,
+                   tile_stats=config.tile_stats, strength=config.strength, preserve_color=config.preserve_color)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (CPU for backends that do not say)."""
+        return torch.device(getattr(self.backend, "device", "cpu"))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) or (3, H, W) in 0–1 → stylized, same shape, clamped to 0–1, on the input's device."""
+        """(B, 3, H, W) or (3, H, W) float in 0–1 → stylized, same shape, clamped to 0–1, on the input's device."""
         single = images.dim() == 3
         batch = images[None] if single else images
-        out = self.backend.run(batch.cpu()).clamp_(0, 1).to(images.device)
+        out = self.stylize(batch.cpu(), torch.empty(batch.shape, dtype=torch.float32))
+        out = out.to(images.device)
         return out[0] if single else out
 
     def stylize_image(self, image: Image.Image) -> Image.Image:
-        """Stylize one RGB PIL image; the result has exactly its size."""
-        return to_pil(self(to_tensor(image)))
+        """Stylize one PIL image (converted to RGB); the result has exactly its size."""
+        pixels = torch.from_numpy(np.array(to_rgb(image), dtype=np.uint8)).permute(2, 0, 1)[None]
+        out = self.stylize(pixels, self.empty_like_pixels(pixels))
+        return Image.fromarray(out[0].permute(1, 2, 0).numpy())
+
+    @staticmethod
+    def empty_like_pixels(batch: torch.Tensor) -> torch.Tensor:
+        """An uninitialised uint8 (B, 3, H, W) with pixel-interleaved (HWC) memory, as image files want it."""
+        b, _, h, w = batch.shape
+        return torch.empty((b, h, w, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+
+    def stylize(self, images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Stylize a batch of equal-size CPU images into ``out`` and return it.
+
+        ``images`` (B, 3, H, W) uint8 0–255 or float 0–1; ``out`` the same shape,
+        uint8 (quantised like ``to_pil``) or float (clamped 0–1). Images over
+        ``tile_size``² pixels are tiled one at a time; smaller ones run as one batch.
+        """
+        height, width = images.shape[-2:]
+        if needs_tiling(height, width, self.tile_size):
+            for image, target in zip(images, out):
+                stylize_tiled(image, target, tile_size=self.tile_size, context=self.context,
+                              stats=self.tile_norm_stats(image), process=self._process)
+            return out
+        result = self._process(to_float(images))
+        out.copy_(to_uint8(result) if out.dtype == torch.uint8 else result)
+        return out
+
+    def tile_norm_stats(self, image: torch.Tensor) -> NormStats:
+        """The statistics every tile of ``image`` (3, H, W) is normalised with, as ``tile_stats`` asks."""
+        if self.tile_stats == "exact":
+            return exact_stats(image, tile_size=self.tile_size, context=self.context,
+                               count=norm_count(self.info.spec), region_sums=self.backend.region_sums)
+        return thumbnail_stats(image, tile_size=self.tile_size, norm_stats=self.backend.norm_stats)
+
+    def tiles(self, height: int, width: int) -> int:
+        """How many forward passes an image of this size takes (1 unless it is tiled)."""
+        if not needs_tiling(height, width, self.tile_size):
+            return 1
+        return len(plan(height, width, self.tile_size, self.context))
+
+    def _process(self, content: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
+        """Network, then colour and strength: (B, 3, h, w) float 0–1 → (B, 3, h, w) float clamped to 0–1."""
+        styled = self.backend.run(content, norm_stats=norm_stats)
+        if self.preserve_color:
+            styled = preserve_color(content, styled)
+        if self.strength < 1.0:
+            styled = blend(content, styled, self.strength)
+        return styled.clamp_(0, 1)
 
 
-def collect_inputs(inputs: tuple[str, ...] | list[str]) -> list[tuple[Path, Path]]:
-    """Expand files and folders into (source, path relative to the output folder) pairs.
+def default_batch_size(stylizer: Stylizer) -> int:
+    """Batch size when none is given: 1 on the CPU, ``DEFAULT_GPU_BATCH`` on accelerators."""
+    return 1 if stylizer.device.type == "cpu" else DEFAULT_GPU_BATCH
 
-    A folder contributes every image below it, recursively, under the folder's own
-    name; a file goes to the top of the output folder. A name that does not exist
-    is still returned so that the run reports it as failed.
-    """
-    pairs: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for source in sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)):
-                pairs.append((source, Path(path.resolve().name) / source.relative_to(path)))
-        else:
-            pairs.append((path, Path(path.name)))
-    return pairs
-
-
-def output_path(relative: Path, output_dir: Path, fmt: str) -> Path:
-    """Where the result for ``relative`` goes, with the suffix ``fmt`` asks for."""
-    suffix = relative.suffix.lower()
-    if fmt != "same":
-        suffix = "." + fmt
-    elif suffix not in IMAGE_SUFFIXES or suffix == ".gif":
-        suffix = ".png"  # no writer for GIF; PNG keeps the pixels exact
-    return output_dir / relative.with_suffix(suffix)
-
-
-def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> StylizeReport:
-    """Stylize every input of ``config`` into ``config.output_dir``; bad inputs are reported, not fatal."""
-    stylizer = stylizer or Stylizer(config.model, config.device)
-    output_dir = Path(config.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FastNSTError(f"{output_dir}: cannot create the output folder ({exc.strerror})") from None
-    report = StylizeReport()
-    pairs = collect_inputs(config.inputs)
-    for source, relative in tqdm(pairs, desc="stylize", unit="img", disable=not sys.stderr.isatty()):
-        target = output_path(relative, output_dir, config.format)
-        if target.exists() and not config.overwrite:
-            report.skipped.append(target)
-            continue
-        try:
-            image = resize_long_side(open_image(source, config.max_pixels), config.max_size)
-            save_image(stylizer.stylize_image(image), target, quality=config.quality)
-        except (ImageError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, ImageError) else f"cannot write {target} ({exc})"
-            log.warning("%s: %s", source, reason)
-            report.failed.append((str(source), reason))
-            continue
-        report.done.append(target)
-    return report

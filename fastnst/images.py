@@ -11,6 +11,7 @@ Tensors are (3, H, W) or (B, 3, H, W) float RGB in 0–1, the package's range.
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from pathlib import Path
@@ -85,6 +86,8 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         raise ImageError(path, f"header declares over {limit:,} pixels (Pillow's hard limit); refused as a "
                                "possible decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+            raise ImageError(path, "a symlink loop (the link leads back to itself), not an image") from None
         raise ImageError(path, f"cannot decode ({_first_line(exc)}); the file may be truncated or corrupt") from None
 
 
@@ -118,14 +121,29 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
+def to_float(tensor: torch.Tensor) -> torch.Tensor:
+    """uint8 tensor 0–255 → float32 0–1 (as ``to_tensor`` computes it); a float tensor → float32 unchanged."""
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(255.0)
+    return tensor.float()
+
+
 def to_pil(tensor: torch.Tensor) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) tensor in 0–1 → 8-bit RGB image (clamped, rounded)."""
     if tensor.dim() == 4:
         if tensor.shape[0] != 1:
             raise ValueError(f"to_pil takes one image, got a batch of {tensor.shape[0]}")
         tensor = tensor[0]
-    array = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    array = to_uint8(tensor).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def to_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    """Float tensor in 0–1 (any shape) → uint8 tensor 0–255: clamped, rounded to nearest, same shape and device.
+
+    The one quantisation step of the package, so tiles, batches and single images give the same bytes.
+    """
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:

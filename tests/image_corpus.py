@@ -109,3 +109,55 @@ def make_text_as_jpg(folder: Path) -> Path:
     path = folder / "notes.jpg"
     path.write_text("this is not a picture\n")
     return path
+
+
+def make_gray(folder: Path) -> Path:
+    path = folder / "gray.png"
+    Image.new("L", (12, 9), 90).save(path)
+    return path
+
+
+def make_library(folder: Path) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
+    """A photo library with every kind of file a real one contains, under ``folder``.
+
+    Returns (good, bad): each good file with the (width, height) its stylized
+    output must have (after EXIF orientation), and each bad file with a fragment
+    of the reason it must be reported with. Files are small, so stylizing all of
+    them with a light network takes well under a second.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    sub = folder / "nested" / "deeper"
+    sub.mkdir(parents=True)
+    good = {
+        make_rgb(folder, "photo.jpg", size=(24, 16)): (24, 16),
+        make_rgb(sub, "deep.png", size=(17, 11)): (17, 11),
+        make_16bit_gray_png(folder): (4, 3),
+        make_gray(folder): (12, 9),
+        make_la(folder): (6, 6),
+        make_palette_transparent(folder): (6, 6),
+        make_rgba(folder): (8, 8),
+        make_cmyk_jpeg(folder): (16, 16),
+        make_exif_rotated(folder, 3): (40, 20),
+        make_exif_rotated(folder, 6): (20, 40),
+        make_exif_rotated(folder, 8): (20, 40),
+        make_rgb(folder, "one.png", size=(1, 1)): (1, 1),
+        make_rgb(folder, "three.png", size=(3, 3)): (3, 3),
+        make_rgb(folder, "strip.png", size=(1, 4000)): (1, 4000),
+        make_animated_gif(folder): (10, 10),
+        make_rgb(folder, "lossless.webp", size=(15, 10), lossless=True): (15, 10),
+        make_rgb(folder, "scan.tiff", size=(13, 7)): (13, 7),
+        make_rgb(folder, "Été à la plage – n°1.jpg", size=(19, 12)): (19, 12),
+    }
+    bad = {
+        make_empty(folder): "empty file",
+        make_text_as_jpg(folder): "not an image",
+        make_truncated(folder, ".jpg"): "truncated",
+        make_truncated(folder, ".png"): "truncated",
+        make_bomb_png(folder): "decompression bomb",
+    }
+    loop = folder / "nested" / "loop"
+    loop.symlink_to("..", target_is_directory=True)  # a folder that contains itself
+    self_link = folder / "self.jpg"
+    self_link.symlink_to("self.jpg")  # a link that leads to itself
+    bad[self_link] = "symlink loop"
+    return good, bad

@@ -14,6 +14,7 @@ See ``fastnst.models.transformer.NormStats``.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -29,11 +30,18 @@ class Backend(Protocol):
 
     Each backend class also offers ``from_file(path, *, device="auto")`` building
     it from a model file it understands, and carries ``info`` (the file's
-    ``ModelInfo``: spec, style names, ...).
+    ``ModelInfo``: spec, style names, ...). Options only one runtime has (the
+    torch backend's ``dtype``, ``channels_last``, ``compile``) are extra keyword
+    arguments of that backend's ``from_file``; the engine passes them to it alone.
     """
 
     name: str
     info: ModelInfo
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str = "auto") -> Backend:
+        """Build the backend from a model file it understands (``ModelFileError`` otherwise)."""
+        ...
 
     def run(self, batch: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
         """(B, 3, H, W) float32 in 0–1 → (B, 3, H, W) float32, unclamped, same size."""
@@ -47,6 +55,7 @@ class Backend(Protocol):
 # name → "module:class", imported only when asked for so optional runtimes stay optional.
 BACKENDS: dict[str, str] = {
     "torch": "fastnst.backends.torch:TorchBackend",
+    "onnxruntime": "fastnst.backends.onnxruntime:OnnxRuntimeBackend",
 }
 
 

@@ -1,0 +1,220 @@
+"""Scoring images under a loss configuration, and the style/content targets optimisation shares.
+
+``fastnst score`` measures the content, style and total-variation losses of any
+image (a fast network's output, an optimised image, the photo itself) with the
+very functions training uses (``fastnst.losses.perceptual_losses``), so a fast
+model and pixel optimisation can be compared on the same footing.
+
+The target helpers below are also what ``fastnst optimize`` builds its targets
+with, so ``score`` run on an optimised image with the same options reproduces the
+loss the optimisation reports (up to 8-bit rounding of the saved file):
+
+* the content image is resized (Lanczos) to exactly the scored image's size;
+* each style image is resized so its long side is ``style_size`` (default: the
+  scored image's long side) and its Gram matrices are blended with the
+  ``style_blend`` weights (normalised to sum to 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from fastnst.device import DEVICE_CHOICES, resolve_device
+from fastnst.errors import ConfigError, ImageError
+from fastnst.images import DEFAULT_MAX_PIXELS, open_image, to_tensor
+from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
+from fastnst.models.vgg import layer_names
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("content", "style", "tv")
+
+
+def parse_blend(text: str | Sequence[float] | None, count: int) -> tuple[float, ...]:
+    """``"0.7,0.3"`` (or a sequence) → weights for ``count`` styles, normalised to sum to 1.
+
+    ``None`` gives equal weights. Raises ``ConfigError`` for non-numbers, a count
+    that differs from the number of styles, negative weights, or all zeros.
+    """
+    if text is None:
+        return (1.0 / count,) * count
+    if isinstance(text, str):
+        try:
+            values = [float(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(f"--style-blend {text!r}: write one number per style image, e.g. 0.7,0.3") from None
+    else:
+        values = [float(v) for v in text]
+    if len(values) != count:
+        raise ConfigError(f"--style-blend has {len(values)} weight(s) but there are {count} style image(s): "
+                          "give one weight per style, in the same order")
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(f"--style-blend weights must be finite and >= 0, got {','.join(map(str, values))}")
+    total = sum(values)
+    if total <= 0:
+        raise ConfigError("--style-blend weights are all zero: give at least one positive weight")
+    return tuple(v / total for v in values)
+
+
+def scaled_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is ``long_side`` (aspect kept, each side at least 1)."""
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize a PIL image to exactly ``size`` = (width, height) with Lanczos (up or down)."""
+    return img if img.size == tuple(size) else img.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def deepest_layer(spec: LossSpec) -> tuple[str, int]:
+    """The deepest layer the losses read and the smallest image side it accepts.
+
+    A ``reluB_i`` activation sits behind B-1 max-pools, so an image side shorter
+    than 2 ** (B-1) pixels would pool down to nothing.
+    """
+    valid = layer_names(spec.vgg)
+    deepest = max(spec.layers, key=lambda name: valid.index(name) if name in valid else -1)
+    return deepest, 2 ** (int(deepest[4:].split("_")[0]) - 1)
+
+
+def size_problem(width: int, height: int, spec: LossSpec) -> str | None:
+    """Why a ``width``×``height`` image is too small for the loss layers, or None when it is fine."""
+    layer, need = deepest_layer(spec)
+    if min(width, height) >= need:
+        return None
+    return f"{width}x{height} px, too small for {layer} (needs at least {need} px per side)"
+
+
+def content_batch(content: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """The content photo resized to ``size`` = (width, height) → (1, 3, H, W) in 0–1."""
+    return to_tensor(resize_to(content, size))[None]
+
+
+def blended_grams(vgg: torch.nn.Module, styles: Sequence[Image.Image], weights: Sequence[float], long_side: int,
+                  spec: LossSpec, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Target Grams Σᵢ wᵢ·Gram(styleᵢ), each style resized to ``long_side``; one (1, C, C) per style layer.
+
+    The blend mixes the Gram matrices (second-order statistics), which is what a
+    network trained on several styles at once is asked to match; with weights
+    (1, 0) it equals the first style's Grams exactly.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for style, weight in zip(styles, weights):
+        if weight == 0:
+            continue
+        size = scaled_size(*style.size, long_side)
+        problem = size_problem(*size, spec)
+        if problem:
+            raise ConfigError(f"a style image resized to long side {long_side} is {problem}: "
+                              "use a larger --style-size")
+        grams = style_grams(vgg, to_tensor(resize_to(style, size))[None].to(device), spec)
+        for name, gram in grams.items():
+            out[name] = weight * gram if name not in out else out[name] + weight * gram
+    return out
+
+
+def read_image(path: str | Path, max_pixels: int | None, role: str) -> Image.Image:
+    """``open_image`` whose error names the role (content, style, init) of the file."""
+    try:
+        return open_image(path, max_pixels)
+    except ImageError as exc:
+        raise ImageError(exc.path, f"{exc.reason} (the {role} image)") from None
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Options of ``fastnst score``: which images to score, against which content and style, with which losses."""
+
+    images: tuple[str, ...]
+    content: str
+    styles: tuple[str, ...]
+    style_blend: tuple[float, ...] | str | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
+    style_size: int | None = None
+    device: str = "auto"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(str(i) for i in self.images))
+        object.__setattr__(self, "styles", tuple(str(s) for s in self.styles))
+        if not self.images:
+            raise ConfigError("no images to score: name one or more image files")
+        if not self.styles:
+            raise ConfigError("no style image: give --style FILE (several for a blend)")
+        object.__setattr__(self, "style_blend", parse_blend(self.style_blend, len(self.styles)))
+        if self.style_size is not None and self.style_size < 1:
+            raise ConfigError(f"--style-size must be a positive number of pixels, got {self.style_size}")
+        if self.device.split(":")[0] not in DEVICE_CHOICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+@dataclass
+class ScoreReport:
+    """One row per scored image (``image``, ``width``, ``height``, weighted ``content``/``style``/``tv``/``total``
+    and ``unweighted`` losses), and the images that could not be scored with the reason."""
+
+    rows: list[dict] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def score_tensor(vgg: torch.nn.Module, image: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor],
+                 spec: LossSpec) -> dict:
+    """Losses of one (1, 3, H, W) image against a (1, 3, H, W) content and target Grams, as floats.
+
+    Weighted losses are ``perceptual_losses`` itself; the unweighted ones divide by
+    each weight, or re-run with a weight of 1 where the weight is 0.
+    """
+    with torch.no_grad():
+        weighted = perceptual_losses(vgg, image, content_targets(vgg, content, spec), grams, spec)
+        row = {name: float(value) for name, value in weighted.items()}
+        weights = {name: getattr(spec, f"{name}_weight") for name in LOSS_NAMES}
+        raw = {name: row[name] / w for name, w in weights.items() if w > 0}
+        if len(raw) < len(LOSS_NAMES):
+            unit = replace(spec, content_weight=1.0, style_weight=1.0, tv_weight=1.0)
+            again = perceptual_losses(vgg, image, content_targets(vgg, content, unit), grams, unit)
+            raw.update({name: float(again[name]) for name in LOSS_NAMES if name not in raw})
+    row["unweighted"] = {name: raw[name] for name in LOSS_NAMES}
+    return row
+
+
+def score_images(config: ScoreConfig) -> ScoreReport:
+    """Score every image of ``config``; unreadable or too-small images are reported and skipped.
+
+    Raises ``ImageError`` when the content or a style image cannot be read, and
+    ``WeightsError`` when the loss network cannot be loaded: no image could be
+    scored then.
+    """
+    from fastnst.pretrained import load_loss_network
+
+    device = resolve_device(config.device)
+    spec = config.loss
+    content = read_image(config.content, config.max_pixels, "content")
+    styles = [read_image(path, config.max_pixels, "style") for path in config.styles]
+    vgg = load_loss_network(spec, device)
+    grams_by_side: dict[int, dict[str, torch.Tensor]] = {}
+    report = ScoreReport()
+    for path in config.images:
+        try:
+            img = open_image(path, config.max_pixels)
+            problem = size_problem(*img.size, spec)
+            if problem:
+                raise ImageError(path, problem)
+            side = config.style_size or max(img.size)
+            if side not in grams_by_side:
+                grams_by_side[side] = blended_grams(vgg, styles, config.style_blend, side, spec, device)
+            row = score_tensor(vgg, to_tensor(img)[None].to(device), content_batch(content, img.size).to(device),
+                               grams_by_side[side], spec)
+        except ImageError as exc:
+            log.warning("%s: %s", path, exc.reason)
+            report.failed.append((str(path), exc.reason))
+            continue
+        report.rows.append({"image": str(path), "width": img.width, "height": img.height, **row})
+    return report

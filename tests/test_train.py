@@ -1,0 +1,396 @@
+"""Training: one step, learning, exact resume, signals, bad data, DDP on gloo, checkpoints and the CLI.
+
+Everything runs the real loop on tiny generated photos (32 px crops), the ``light``
+network and random VGG16 weights up to relu2_2, on one thread (these tensors are
+too small for threads to help).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastnst.train as train_module
+from fastnst.checkpoint import load_model, load_training_state, save_model, save_training_state
+from fastnst.cli import main
+from fastnst.errors import ConfigError, ModelFileError
+from fastnst.files import TEMP_MARKER
+from fastnst.losses import LossSpec
+from fastnst.models.transformer import SPECS, TransformerNet
+from fastnst.train import TrainConfig, TrainingDiverged, TrainingInterrupted, checkpoint_path, fit
+
+import image_corpus as corpus
+from conftest import REPO, gradient_image
+
+LIGHT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def setup(tmp_path, vgg_file):
+    """A folder of 10 small photos (8 train, 2 held out), a style image and random VGG16 weights."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i in range(10):
+        folder = photos / "sub" if i % 3 == 0 else photos
+        gradient_image(40 + 3 * i, 36, seed=i).save(folder / f"p{i}.jpg")
+    style = tmp_path / "style.png"
+    gradient_image(48, 48, seed=100).rotate(90).save(style)
+    return {"photos": photos, "style": style, "vgg": vgg_file("vgg16", "relu2_2"), "out": tmp_path / "out"}
+
+
+def make_config(setup, name="model", **overrides) -> TrainConfig:
+    loss = LossSpec(vgg="vgg16", vgg_weights=str(setup["vgg"]), content_layers="relu2_2",
+                    style_layers="relu1_2,relu2_2", content_weight=1.0, style_weight=1e3)
+    options = dict(style=(str(setup["style"]),), data=str(setup["photos"]),
+                   output=str(setup["out"] / f"{name}.safetensors"), spec="light", loss=loss, image_size=32,
+                   batch_size=2, steps=2, workers=0, checkpoint_every=0, sample_every=0, log_every=1)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def run(config, **kwargs):
+    history = []
+    fit(config, callback=lambda step, metrics: history.append((step, dict(metrics))), **kwargs)
+    return history
+
+
+def cancelled_by_norm(key: str) -> bool:
+    """Biases a later InstanceNorm subtracts again, so their gradient is rounding noise.
+
+    Those are the conv biases before a norm, and the residual blocks' last norm biases: a per-channel
+    constant on the residual stream passes the next convs as a constant and the decoder's first norm removes it.
+    """
+    if key.endswith("norm2.bias"):
+        return True
+    return key.endswith("bias") and "norm" not in key and key != "decoder.2.conv.bias"
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+def initial_weights(seed: int = 42) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return TransformerNet(SPECS["light"]).state_dict()
+
+
+@pytest.mark.parametrize("amp, channels_last", [("none", False), ("bf16", True)])
+def test_one_step_moves_every_weight_by_adams_first_step_and_losses_are_finite(setup, amp, channels_last):
+    config = make_config(setup, steps=1, amp=amp, channels_last=channels_last)
+    history = run(config)
+    assert [s for s, _ in history] == [1]
+    metrics = history[0][1]
+    assert all(np.isfinite(metrics[k]) for k in ("content", "style", "tv", "total"))
+    assert metrics["content"] > 0 and metrics["style"] > 0 and metrics["tv"] == 0
+    np.testing.assert_allclose(metrics["total"], metrics["content"] + metrics["style"], rtol=1e-6)
+    before, after = initial_weights(), weights(config.output)
+    for key, value in before.items():
+        delta = (after[key] - value).abs()
+        # Adam's first update is lr * g / (|g| + eps): a step of ~lr on every weight with a gradient.
+        assert delta.max() <= 1e-3 * 1.001, key
+        if not cancelled_by_norm(key):
+            assert torch.median(delta) > 0.9e-3, key
+
+
+def test_losses_go_down_over_30_steps(setup):
+    history = run(make_config(setup, steps=30, lr=1e-2))
+    totals = [m["total"] for _, m in history]
+    assert len(totals) == 30 and all(np.isfinite(totals))
+    assert np.mean(totals[-5:]) < 0.5 * np.mean(totals[:5]), totals
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog):
+    common = dict(steps=9, lr_decay="cosine", lr=5e-3)  # 4 batches per epoch: crosses two epoch boundaries
+    straight = make_config(setup, "straight", **common)
+    run(straight)
+
+    interrupted = make_config(setup, "resumed", **common)
+
+    def interrupt_at_3(step, metrics):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM after step 3.*--resume"):
+        fit(interrupted, callback=interrupt_at_3)
+    ckpt = checkpoint_path(interrupted.output)
+    state = load_training_state(ckpt)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)
+    assert not Path(interrupted.output).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+    resumed = dataclasses.replace(interrupted, resume="auto")
+    with caplog.at_level(logging.INFO, logger="fastnst.train"):
+        history = run(resumed)
+    assert [s for s, _ in history] == list(range(4, 10))
+    assert "resumed from" in caplog.text
+    a, b = weights(straight.output), weights(resumed.output)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+    final = load_training_state(ckpt)
+    assert (final["step"], final["epoch"]) == (9, 2)
+
+
+def test_ctrl_c_on_the_cli_saves_a_checkpoint_and_exits_130(setup):
+    out = setup["out"] / "m.safetensors"
+    ckpt = checkpoint_path(out)
+    cmd = [sys.executable, "-m", "fastnst", "train", "--style", str(setup["style"]), "--data", str(setup["photos"]),
+           "-o", str(out), "--spec", "light", "--image-size", "32", "--batch-size", "2", "--steps", "100000",
+           "--workers", "1", "--checkpoint-every", "1", "--vgg-weights", str(setup["vgg"]),
+           "--style-layers", "relu1_2,relu2_2"]
+    # Its own process group, like a terminal's foreground job: Ctrl-C reaches the loader worker too.
+    proc = subprocess.Popen(cmd, env=LIGHT_ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), "training never wrote its first checkpoint"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGINT" in last and f"--resume {ckpt}" in last
+    state = load_training_state(ckpt)
+    assert state["step"] >= 1 and json.loads(state["config"])["steps"] == 100000
+    assert not list(out.parent.glob(TEMP_MARKER + "*")) and not out.exists()
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(setup, monkeypatch):
+    real = train_module.perceptual_losses
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            losses = {**losses, "style": losses["style"] * float("nan")}
+            losses["total"] = losses["content"] + losses["style"]
+        return losses
+
+    monkeypatch.setattr(train_module, "perceptual_losses", poisoned)
+    config = make_config(setup, steps=10, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(config)
+    message = str(info.value)
+    assert "non-finite at step 4" in message and str(checkpoint_path(config.output)) in message
+    assert len(message.splitlines()) == 1
+    state = load_training_state(checkpoint_path(config.output))
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not Path(config.output).exists()
+
+
+def test_corrupt_empty_and_foreign_files_are_skipped_with_their_names(setup, caplog):
+    photos = setup["photos"]
+    bad = [corpus.make_truncated(photos, ".jpg"), corpus.make_text_as_jpg(photos), corpus.make_empty(photos)]
+    (photos / "labels.txt").write_text("cat\n")
+    config = make_config(setup, steps=7, batch_size=2, holdout=0)  # 12 listed photos: every index is drawn
+    with caplog.at_level(logging.WARNING, logger="fastnst"):
+        history = run(config)
+    assert len(history) == 7 and all(np.isfinite(m["total"]) for _, m in history)
+    for path in [*bad, photos / "labels.txt"]:
+        assert str(path) in caplog.text, path
+
+
+def test_fewer_photos_than_the_batch_still_trains_with_a_warning(setup, tmp_path, caplog):
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        gradient_image(40, 40, seed=i).save(few / f"f{i}.png")
+    config = make_config(setup, data=str(few), batch_size=4, epochs=3, steps=None)
+    with caplog.at_level(logging.WARNING, logger="fastnst.train"):
+        history = run(config)
+    assert "with replacement" in caplog.text and "only 3 training photo(s)" in caplog.text
+    assert len(history) == 3  # one batch per epoch
+
+
+def test_lr_decay_follows_the_schedule(setup):
+    for decay, expected in (("linear", lambda k: 1 - k / 4), ("cosine", lambda k: 0.5 * (1 + np.cos(np.pi * k / 4)))):
+        history = run(make_config(setup, f"m-{decay}", steps=4, lr_decay=decay, lr=2e-3))
+        np.testing.assert_allclose([m["lr"] for _, m in history], [2e-3 * expected(k) for k in range(1, 5)],
+                                   atol=1e-12)
+
+
+def _scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = list(logdir.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    scalars["images"] = [(e.step, e.width, e.height) for tag in acc.Tags()["images"] for e in acc.Images(tag)]
+    return scalars
+
+
+def test_two_gloo_processes_under_torchrun_follow_the_single_process_run(setup):
+    # Two ranks of batch 2 see exactly the photos one process of batch 4 sees, so their losses must match.
+    args = ["--style", str(setup["style"]), "--data", str(setup["photos"]), "--spec", "light", "--image-size", "32",
+            "--steps", "3", "--workers", "0", "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2",
+            "--content-weight", "1", "--style-weight", "1e3", "--log-every", "1", "--sample-every", "2"]
+    ddp_out, ddp_logs = setup["out"] / "ddp.safetensors", setup["out"] / "ddp-logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastnst", "train", *args, "--batch-size", "2", "-o", str(ddp_out), "--logdir", str(ddp_logs)]
+    proc = subprocess.Popen(cmd, env=LIGHT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # a hung rendezvous: take the ranks down with torchrun
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("wrote") == 1  # rank 0 alone reports and writes
+
+    single_out, single_logs = setup["out"] / "single.safetensors", setup["out"] / "single-logs"
+    assert main(["train", *args, "--batch-size", "4", "-o", str(single_out), "--logdir", str(single_logs)]) == 0
+    ddp, single = _scalars(ddp_logs), _scalars(single_logs)
+    for tag in ("loss/content", "loss/style", "loss/total"):
+        assert [s for s, _ in ddp[tag]] == [1, 2, 3]
+        np.testing.assert_allclose([v for _, v in ddp[tag]], [v for _, v in single[tag]], rtol=1e-4)
+    a, b = weights(ddp_out), weights(single_out)
+    for key in (k for k in a if not cancelled_by_norm(k)):  # Adam magnifies rounding in tiny gradients:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=5e-4)  # half of one step
+    assert sorted(p.name for p in setup["out"].iterdir() if p.name.startswith("ddp")) == [
+        "ddp-logs", "ddp.ckpt.pt", "ddp.safetensors"]
+    assert len(list(ddp_logs.iterdir())) == 1
+
+
+def test_cli_train_writes_a_model_with_its_config_logs_and_samples(setup, capsys):
+    out = setup["out"] / "cli.safetensors"
+    logs = setup["out"] / "logs"
+    samples = [corpus.make_rgb(setup["out"].parent, "s1.png", size=(50, 40)),
+               corpus.make_text_as_jpg(setup["out"].parent)]
+    argv = ["train", "--style", str(setup["style"]), "--data", str(setup["photos"]), "-o", str(out),
+            "--spec", "light", "--image-size", "32", "--batch-size", "2", "--steps", "4", "--workers", "0",
+            "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2:0.5,relu2_2", "--content-weight", "2",
+            "--style-weight", "1e3", "--tv-weight", "1", "--logdir", str(logs), "--log-every", "2",
+            "--sample-every", "3", "--sample-images", *map(str, samples), "--checkpoint-every", "2",
+            "--lr", "2e-3", "--seed", "7"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["styles"] == ["style"] and info["spec"] == {"channels": [16, 32, 64], "num_residual": 3}
+    config = info["config"]
+    assert config["steps"] == 4 and config["lr"] == 2e-3 and config["seed"] == 7 and config["spec"] == "light"
+    assert config["loss"]["style_layers"] == {"relu1_2": 0.5, "relu2_2": 1.0} and config["loss"]["tv_weight"] == 1
+    assert config["sample_images"] == [str(p) for p in samples] and config["steps_done"] == 4
+    scalars = _scalars(logs)
+    for tag in ("loss/content", "loss/style", "loss/tv", "loss/total", "lr", "images_per_s"):
+        assert [s for s, _ in scalars[tag]] == [2, 4], tag
+        assert all(np.isfinite(v) and v > 0 for _, v in scalars[tag]), tag
+    # One readable sample photo: a 32 x 64 grid (photo above its stylization), at step 3 and at the end.
+    assert scalars["images"] == [(3, 32, 64), (4, 32, 64)]
+
+
+def test_cli_resume_auto_continues_and_extends_a_finished_run(setup, capsys):
+    out = setup["out"] / "ext.safetensors"
+    base = ["train", "--style", str(setup["style"]), "--data", str(setup["photos"]), "-o", str(out),
+            "--spec", "light", "--image-size", "32", "--batch-size", "2", "--workers", "0",
+            "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2", "--resume", "auto"]
+    assert main([*base, "--steps", "2"]) == 0  # auto with no checkpoint yet: a fresh start
+    assert main([*base, "--steps", "5"]) == 0
+    assert load_training_state(checkpoint_path(out))["step"] == 5
+    assert load_model(out)[1].config["steps_done"] == 5
+
+
+@pytest.mark.parametrize("extra, code, message", [
+    (["--steps", "0"], 2, "must be a positive integer"),
+    (["--steps", "3", "--epochs", "2"], 2, "not allowed with argument"),
+    (["--amp", "fp8"], 2, "invalid choice"),
+    (["--holdout", "-1"], 2, "--holdout must be >= 0"),
+    (["--lr", "0"], 2, "--lr must be a positive number"),
+    (["--image-size", "8"], 2, "--image-size must be at least 16"),
+    (["--content-weight", "-1"], 2, "content-weight must be >= 0"),
+    (["--style-layers", "relu9_9"], 2, "unknown vgg16 layer"),
+])
+def test_cli_bad_options_exit_2(setup, capsys, extra, code, message):
+    argv = ["train", "--style", str(setup["style"]), "--data", str(setup["photos"]),
+            "-o", str(setup["out"] / "x.safetensors"), "--vgg-weights", str(setup["vgg"]), "--workers", "0", *extra]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    if "invalid choice" not in message and "positive integer" not in message and "not allowed" not in message:
+        assert len(err.splitlines()) == 1 and err.startswith("fastnst train: error:")
+
+
+@pytest.mark.parametrize("change, code, message", [
+    ({"output": "m.pth"}, 2, "must end in .safetensors"),
+    ({"data": "missing"}, 2, "not a folder"),
+    ({"style": "nope.jpg"}, 1, "nope.jpg: no such file"),
+    ({"resume": "nope.ckpt.pt"}, 1, "nope.ckpt.pt: no such training checkpoint"),
+])
+def test_cli_bad_files_are_one_line_errors(setup, capsys, change, code, message):
+    values = {"style": str(setup["style"]), "data": str(setup["photos"]), "output": str(setup["out"] / "x.safetensors"),
+              "resume": None}
+    values.update({k: str(setup["out"].parent / v) for k, v in change.items()})
+    argv = ["train", "--style", values["style"], "--data", values["data"], "-o", values["output"],
+            "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2", "--workers", "0", "--spec", "light"]
+    if values["resume"]:
+        argv += ["--resume", values["resume"]]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fastnst train: error:") and message in err
+
+
+def test_config_validation_messages(setup):
+    with pytest.raises(ConfigError, match="exactly one --style"):
+        make_config(setup, style=("a.jpg", "b.jpg"))
+    with pytest.raises(ConfigError, match="--steps or --epochs, not both"):
+        make_config(setup, steps=3, epochs=1)
+    with pytest.raises(ConfigError, match="unknown network spec"):
+        make_config(setup, spec="huge")
+    with pytest.raises(ConfigError, match="unknown --lr-decay"):
+        make_config(setup, lr_decay="step")
+    config = make_config(setup, style="one.jpg", loss={"style_weight": 5.0})
+    assert config.style == ("one.jpg",) and config.loss.style_weight == 5.0
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(setup):
+    first = make_config(setup, steps=1)
+    fit(first)
+    with pytest.raises(ModelFileError, match="spec"):
+        fit(dataclasses.replace(first, spec="johnson", resume="auto"))
+
+
+def test_training_state_files_are_versioned_and_loaded_safely(tmp_path, model_file):
+    path = save_training_state(tmp_path / "s.ckpt.pt", {"step": 3, "w": torch.ones(2), "nested": {"a": [1, (2, None)]}})
+    state = load_training_state(path)
+    assert state["format"] == "fastnst-train-state" and state["format_version"] == 1 and state["step"] == 3
+    assert state["nested"] == {"a": [1, (2, None)]}
+    truncated = tmp_path / "t.ckpt.pt"
+    truncated.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ModelFileError, match="cannot load the training checkpoint"):
+        load_training_state(truncated)
+    with pytest.raises(ModelFileError, match="not a fastnst training checkpoint"):
+        load_training_state(model_file)
+    newer = save_training_state(tmp_path / "n.ckpt.pt", {})
+    torch.save({**torch.load(newer, weights_only=True), "format_version": 99}, newer)
+    with pytest.raises(ModelFileError, match="newer than this fastnst"):
+        load_training_state(newer)
+    evil = tmp_path / "evil.ckpt.pt"
+    torch.save({"format": "fastnst-train-state", "obj": Path("x")}, evil)
+    with pytest.raises(ModelFileError, match="cannot load"):
+        load_training_state(evil)
+    save_model(tmp_path / "ok.safetensors", TransformerNet(SPECS["light"]))  # the model format is untouched
