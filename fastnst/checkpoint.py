@@ -7,8 +7,10 @@ string metadata holds JSON:
 ``format``         ``"fastnst-model"``
 ``format_version`` ``"1"`` — bumped on incompatible change; old versions get a
                    named converter here, never ad-hoc patches in the loader
-``spec``           the ``TransformerSpec`` (``{"channels": [...], ...}``)
-``styles``         list of style names, one per style the network carries
+``spec``           the ``TransformerSpec`` (``{"channels": [...], ...}``;
+                   ``num_styles`` only for a multi-style network)
+``styles``         list of style names, one per style the network carries (in
+                   the order of the norms' rows for a multi-style network)
 ``config``         the training configuration (``asdict(TrainConfig)``) or ``{}``
 ``value_range``    ``"0-1"``: input and output range of the network
 ``fastnst_version`` the package version that wrote the file
@@ -80,6 +82,8 @@ def save_model(path: str | Path, model: TransformerNet, styles: list[str] | tupl
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"{path}: model files end in .safetensors")
+    if styles and len(styles) != model.spec.num_styles:
+        raise ConfigError(f"{path}: {len(styles)} style name(s) for a network carrying {model.spec.num_styles}")
     info = ModelInfo(spec=model.spec, styles=tuple(styles), config=dict(config or {}))
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
@@ -90,24 +94,54 @@ def save_model(path: str | Path, model: TransformerNet, styles: list[str] | tupl
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    """Options of ``fastnst convert``: a legacy (or fastnst) model file re-saved as a fastnst file."""
+    """Options of ``fastnst convert``: a legacy (or fastnst) model file re-saved as a fastnst file.
 
-    source: str
+    ``merge``: instead of ``source``, two or more model files that share all
+    their non-norm weights, written as one multi-style model (``fastnst.styles.merge_models``).
+    ``style_name``: one name, or one per style of the output.
+    """
+
+    source: str | None
     output: str
-    style_name: str | None = None
+    style_name: str | tuple[str, ...] | None = None
     half: bool = False
+    merge: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "merge", tuple(str(m) for m in self.merge))
+        if isinstance(self.style_name, (list, tuple)):
+            object.__setattr__(self, "style_name", tuple(self.style_name) or None)
         if not str(self.output).endswith(".safetensors"):
             raise ConfigError(f"{self.output}: the output of convert must end in .safetensors")
+        if (self.source is None) == (not self.merge):
+            raise ConfigError("give one SOURCE model to convert, or --merge A B ... (not both)")
+        if self.merge and len(self.merge) < 2:
+            raise ConfigError("--merge needs at least two model files")
 
 
 def convert_model(config: ConvertConfig) -> Path:
-    """Load ``config.source`` with the safe loader and write it as a fastnst model file."""
-    model, info = load_model(config.source)
-    styles = (config.style_name,) if config.style_name else info.styles
-    converted = {"converted_from": Path(config.source).name, "source_format": info.source}
-    return save_model(config.output, model, styles=styles, config={**info.config, **converted}, half=config.half)
+    """Load ``config.source`` (or the ``merge`` files) with the safe loader and write a fastnst model file."""
+    from fastnst.styles import check_unique, merge_models
+
+    if config.merge:
+        loaded = [load_model(path) for path in config.merge]
+        model = merge_models([(net, Path(path).name) for (net, _), path in zip(loaded, config.merge)])
+        styles = tuple(name for (net, info), path in zip(loaded, config.merge)
+                       for name in (info.styles if len(info.styles) == net.spec.num_styles else
+                                    [f"{Path(path).stem}{i}" for i in range(net.spec.num_styles)]))
+        extra = {"merged_from": [Path(p).name for p in config.merge]}
+    else:
+        model, info = load_model(config.source)
+        styles, extra = info.styles, {**info.config, "converted_from": Path(config.source).name,
+                                      "source_format": info.source}
+    if config.style_name:
+        names = (config.style_name,) if isinstance(config.style_name, str) else config.style_name
+        if len(names) != model.spec.num_styles:
+            raise ConfigError(f"--style-name gives {len(names)} name(s); the model has {model.spec.num_styles} "
+                              "style(s): give one per style, in order")
+        styles = names
+    check_unique(styles)
+    return save_model(config.output, model, styles=styles, config=extra, half=config.half)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TransformerNet, ModelInfo]:

@@ -25,8 +25,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_loss_options(p: argparse.ArgumentParser) -> None:
-    """The loss-network options shared by train, optimize and score (defaults: ``LossSpec``'s)."""
+def _add_loss_options(p: argparse.ArgumentParser, style_weights: bool = False) -> None:
+    """The loss-network options shared by train, optimize and score (defaults: ``LossSpec``'s).
+
+    ``style_weights``: ``--style-weight`` takes one value or one per style image (train).
+    """
     from fastnst.models.vgg import ARCHS
     from fastnst.pretrained import ENV_VAR, FLAVOUR_CHOICES
 
@@ -39,7 +42,11 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--content-layers", help="content layers[:weight] (default relu2_2)")
     g.add_argument("--style-layers", help="style layers[:weight] (default relu1_2,relu2_2,relu3_3,relu4_3)")
     g.add_argument("--content-weight", type=float, help="content loss weight (default 1e5)")
-    g.add_argument("--style-weight", type=float, help="style loss weight (default 1e10)")
+    if style_weights:
+        g.add_argument("--style-weight", type=float, nargs="+", metavar="W",
+                       help="style loss weight (default 1e10), or one per --style image")
+    else:
+        g.add_argument("--style-weight", type=float, help="style loss weight (default 1e10)")
     g.add_argument("--tv-weight", type=float, help="total-variation weight (default 0)")
 
 
@@ -56,18 +63,68 @@ def _loss_spec(args: argparse.Namespace):
 # -- info --------------------------------------------------------------------------------------
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show what a model file holds",
+    p = sub.add_parser("info", help="show what a model file holds, or which backends this machine has",
                        description="Print a model file's network spec, parameter count, styles and training "
-                                   "config (fastnst .safetensors or pytorch/examples .pth).")
-    p.add_argument("model", help="model file")
+                                   "config (fastnst .safetensors or pytorch/examples .pth); with --backends, "
+                                   "the backends installed here and what --backend auto picks.")
+    p.add_argument("model", nargs="?", help="model file")
+    p.add_argument("--backends", action="store_true",
+                   help="list the backends (torch, onnxruntime, openvino), whether each is installed, and what "
+                        "--backend auto picks here for a model file and for a .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_run_info)
+
+
+def _backends_summary() -> dict:
+    """What ``fastnst info --backends`` reports: each backend's runtime version (None: missing) and auto's picks."""
+    from fastnst.backends import BACKEND_DTYPES, BACKENDS, choose_backend, runtime_version
+    from fastnst.device import resolve_device
+
+    backends = {}
+    for name in BACKENDS:
+        version = runtime_version(name)
+        entry = {"installed": version is not None, "version": version,
+                 "dtypes": list(BACKEND_DTYPES.get(name, ()))}
+        if name == "openvino" and version is not None:
+            from fastnst.backends.openvino import cpu_capabilities, cpu_name, default_dtype
+
+            entry.update(cpu=cpu_name(), capabilities=sorted(cpu_capabilities()), default_dtype=default_dtype())
+        elif name == "openvino":
+            entry["install"] = "pip install fastnst[openvino]"
+        backends[name] = entry
+    picks = {}
+    for kind, example in (("model file", "model.safetensors"), (".onnx file", "model.onnx")):
+        backend, why = choose_backend(example)
+        picks[kind] = {"backend": backend, "why": why}
+    return {"device": str(resolve_device("auto")), "backends": backends, "auto": picks}
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from fastnst.checkpoint import load_model
     from fastnst.models.transformer import macs_per_pixel
 
+    if args.backends:
+        summary = _backends_summary()
+        if args.json:
+            print(json.dumps(summary, indent=2))
+            return 0
+        print(f"device {summary['device']}")
+        print(f"  {'backend':12} {'installed':12} dtypes")
+        for name, entry in summary["backends"].items():
+            if not entry["installed"]:
+                print(f"  {name:12} {'no':12} ({entry.get('install', 'not importable')})")
+                continue
+            details = ", ".join(entry["dtypes"]) or "the .onnx file's own"
+            if "default_dtype" in entry:
+                details += (f" (default here {entry['default_dtype']}; CPU {entry['cpu']}: "
+                            f"{', '.join(entry['capabilities'])})")
+            print(f"  {name:12} {entry['version']:12} {details}")
+        for kind, pick in summary["auto"].items():
+            print(f"--backend auto picks {pick['backend']} for a {kind}: {pick['why']}")
+        if args.model is None:
+            return 0
+    if args.model is None:
+        raise ConfigError("give a MODEL file to describe, or --backends")
     model, info = load_model(args.model)
     summary = {
         "file": args.model,
@@ -87,6 +144,8 @@ def _run_info(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         if key == "config":
             continue
+        if key == "styles":
+            value = f"{len(value)}: " + ", ".join(f"{i}={n}" for i, n in enumerate(value)) if value else "(unnamed)"
         print(f"{key:16} {value:,}" if isinstance(value, int) else f"{key:16} {value}")
     if info.config:
         print("config")
@@ -101,9 +160,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="turn a pytorch/examples model into a fastnst model file",
                        description="Convert a pytorch/examples fast_neural_style checkpoint (.pth/.model, loaded "
                                    "safely with weights_only) into a fastnst .safetensors model file.")
-    p.add_argument("source", help="pytorch/examples .pth or .model file (or a fastnst file to re-save)")
+    p.add_argument("source", nargs="?", help="pytorch/examples .pth or .model file (or a fastnst file to re-save)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
-    p.add_argument("--style-name", help="style name stored in the file (default: the source file's stem)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="MODEL",
+                   help="instead of SOURCE: model files sharing all non-norm weights (e.g. made with train --init), "
+                        "written as one multi-style model")
+    p.add_argument("--style-name", nargs="+", metavar="NAME",
+                   help="style name(s) stored in the file, one per style (default: the source's names, or its stem)")
     p.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
     p.set_defaults(run=_run_convert)
 
@@ -111,7 +174,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from fastnst.checkpoint import ConvertConfig, convert_model
 
-    config = ConvertConfig(source=args.source, output=args.output, style_name=args.style_name, half=args.half)
+    config = ConvertConfig(source=args.source, output=args.output, style_name=args.style_name, half=args.half,
+                           merge=tuple(args.merge))
     path = convert_model(config)
     print(f"wrote {path}")
     return 0
@@ -136,19 +200,20 @@ def _strength(text: str) -> float:
 
 
 def _add_stylize(sub: argparse._SubParsersAction) -> None:
-    from fastnst.backends import BACKENDS
-    from fastnst.backends.torch import DTYPES
+    from fastnst.backends import BACKEND_CHOICES, BACKEND_DTYPES
     from fastnst.device import DEVICE_CHOICES
     from fastnst.engine import DEFAULT_GPU_BATCH, TILE_STATS
     from fastnst.images import DEFAULT_MAX_PIXELS
     from fastnst.inputs import FORMATS
 
+    dtypes = sorted({d for values in BACKEND_DTYPES.values() for d in values})
     p = sub.add_parser("stylize", help="stylize image files, folders and globs with a model",
                        description="Stylize images with a trained model. Folders are searched recursively and "
                                    "mirrored under OUT_DIR; existing outputs are skipped unless --overwrite, so a "
                                    "killed run resumes; bad inputs are named and skipped (exit code 1).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns ('a/**/*.jpg')")
-    p.add_argument("-m", "--model", required=True, help="model file (.safetensors, or pytorch/examples .pth)")
+    p.add_argument("-m", "--model", required=True,
+                   help="model file (.safetensors, pytorch/examples .pth, or .onnx from fastnst export)")
     p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="folder for the results")
     g = p.add_argument_group("output")
     g.add_argument("--format", default="same", choices=FORMATS, help="output format (default: as the input)")
@@ -162,12 +227,19 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--strength", type=_strength, default=1.0,
                    help="blend with the photo: 1 full style (default), 0 none")
     g.add_argument("--preserve-color", action="store_true", help="keep the photo's colours (transfer luminance only)")
+    g.add_argument("--style", metavar="NAME|INDEX", help="multi-style models: the style to use (default the first; "
+                                                        "`fastnst info MODEL` lists them)")
+    g.add_argument("--style-mix", metavar="NAME=W,...",
+                   help="multi-style models: blend styles, e.g. starry=0.7,wave=0.3 (weights >= 0, normalised)")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--backend", default="torch", choices=sorted(BACKENDS), help="runtime (default torch)")
+    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="runtime (default auto: torch on GPUs; on the CPU openvino when installed, else torch, or "
+                        "onnxruntime for a .onnx file; `fastnst info --backends` says what it picks here)")
     g.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    g.add_argument("--dtype", default="fp32", choices=list(DTYPES),
-                   help="torch: fp32 (default, exact) or bf16/fp16 autocast (faster on some hardware, a few "
-                        "levels of 255 off)")
+    g.add_argument("--dtype", choices=dtypes,
+                   help="torch: fp32 (default, exact) or bf16/fp16 autocast (a few levels of 255 off); openvino: "
+                        "fp32 or bf16 (about 2x faster, a few levels of 255 off; the default on AMX CPUs, where it "
+                        "keeps >= 50 dB PSNR against fp32; fp32 elsewhere)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="torch: NHWC memory layout (default: on for CUDA, off on CPU where it is no faster)")
     g.add_argument("--compile", action="store_true", help="torch: torch.compile the network (slow first batch)")
@@ -177,9 +249,9 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
                    help="photos over N×N pixels are stylized in tiles of at most N×N (default: a quarter of the "
                         "free memory per pass, 1024-4096; 1024 takes about 1 GB); lower it if memory runs out")
     g.add_argument("--tile-stats", choices=TILE_STATS,
-                   help="statistics shared by the tiles: exact (default with torch: the untiled result, about "
-                        "6 extra passes) or from a downscaled copy (thumbnail: one small extra pass, a visibly "
-                        "different tone; the only choice for onnxruntime)")
+                   help="statistics shared by the tiles: exact (default: the untiled result, about 6 extra "
+                        "passes) or from a downscaled copy (thumbnail: one small extra pass, a visibly "
+                        "different tone)")
     g.add_argument("--workers", type=_positive_int, default=2, help="decoding and encoding threads (default 2)")
     g.add_argument("--streams", type=_positive_int, default=1,
                    help="CPU: photos stylized at once, one core each (default 1: one photo on all cores, "
@@ -200,7 +272,7 @@ def _run_stylize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, tile_size=args.tile_size,
         tile_stats=args.tile_stats, strength=args.strength,
         preserve_color=args.preserve_color, workers=args.workers, streams=args.streams, shard=args.shard,
-        report=args.report)
+        report=args.report, style=args.style, style_mix=args.style_mix)
     report = stylize_files(config)
     print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
           file=sys.stderr)
@@ -385,7 +457,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a feed-forward style network (Johnson et al. 2016) on a folder of "
                                    "photos for one style image and write it as a .safetensors model file.",
                        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--style", required=True, metavar="IMAGE", help="the style image")
+    p.add_argument("--style", required=True, nargs="+", metavar="IMAGE",
+                   help="the style image; several make one model carrying all of them (conditional instance norm)")
+    p.add_argument("--style-name", nargs="+", metavar="NAME", help="names of the styles (default: the file stems)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="add the --style image(s) to this trained model, training only their norm parameters (the "
+                        "model's other styles stay exactly as they are)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="folder of training photos, searched recursively (e.g. COCO train2014/)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL",
@@ -423,7 +500,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="write the resumable checkpoint every N steps (default 500; 0: only at the end/on Ctrl-C)")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint; auto: the one beside -o if it exists, else start afresh")
-    _add_loss_options(p)
+    _add_loss_options(p, style_weights=True)
     p.set_defaults(run=_run_train)
 
 
@@ -432,8 +509,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from fastnst.train import TrainConfig, TrainingInterrupted, fit
 
+    weights = tuple(args.style_weight or ())
+    args.style_weight = weights[0] if len(weights) == 1 else None  # one value: LossSpec's; several: per style
     config = TrainConfig(
-        style=(args.style,), data=args.data, output=args.output, spec=args.spec, loss=_loss_spec(args),
+        style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
+        style_weights=weights if len(weights) > 1 else (), data=args.data, output=args.output, spec=args.spec,
+        loss=_loss_spec(args),
         image_size=args.image_size, style_size=args.style_size, batch_size=args.batch_size, lr=args.lr,
         lr_decay=args.lr_decay, steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, device=args.device, workers=args.workers,

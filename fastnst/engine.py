@@ -12,6 +12,7 @@ file pipeline, which never holds a float copy of a whole large photo.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -21,14 +22,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastnst.backends import BACKENDS, Backend, backend_class
-from fastnst.backends.torch import DTYPES, TorchBackend
+from fastnst.backends import (
+    AUTO,
+    BACKEND_CHOICES,
+    BACKEND_DTYPES,
+    BACKEND_OPTIONS,
+    Backend,
+    backend_class,
+    choose_backend,
+)
+from fastnst.backends.torch import TorchBackend
 from fastnst.color import blend, preserve_color
 from fastnst.device import DEVICE_CHOICES
 from fastnst.errors import ConfigError
 from fastnst.images import DEFAULT_MAX_PIXELS, to_float, to_rgb, to_uint8
 from fastnst.inputs import FORMATS, Shard
 from fastnst.models.transformer import NormStats, TransformerNet
+from fastnst.styles import describe, model_style_names, parse_style_mix, resolve_style
 from fastnst.tiling import (
     exact_stats,
     min_tile_size,
@@ -39,6 +49,8 @@ from fastnst.tiling import (
     thumbnail_stats,
     tile_context,
 )
+
+log = logging.getLogger(__name__)
 
 # Memory of one eager fp32 forward pass of the default network, per pixel (scripts/bench_stylize.py
 # measures ~940 B). The default tile size gives one pass at most MEMORY_SHARE of the free memory,
@@ -62,9 +74,9 @@ class StylizeConfig:
     model: str
     inputs: tuple[str, ...]
     output_dir: str
-    backend: str = "torch"
+    backend: str = AUTO  # see ``fastnst.backends.choose_backend``
     device: str = "auto"
-    dtype: str = "fp32"
+    dtype: str | None = None  # None: the backend's default (torch fp32; openvino bf16 where the CPU has it)
     channels_last: bool | None = None  # None: on for CUDA, off on the CPU (torch backend)
     compile: bool = False
     format: str = "same"
@@ -81,19 +93,18 @@ class StylizeConfig:
     streams: int = 1  # photos computed at once, one core each; see ``--streams``
     shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE if set, else everything
     report: str | None = None
+    style: str | None = None  # multi-style models: a style name or index; None: the first style
+    style_mix: str | None = None  # "starry=0.7,wave=0.3": a blend of the model's styles
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
+        if self.style is not None and self.style_mix is not None:
+            raise ConfigError("give --style or --style-mix, not both")
+        if self.style_mix is not None:
+            parse_style_mix(self.style_mix)
         if not self.inputs:
             raise ConfigError("no inputs given: name image files, folders or patterns to stylize")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        torch_only = self.dtype != "fp32" or self.channels_last is not None or self.compile
-        if self.backend != "torch" and torch_only:
-            raise ConfigError(f"--dtype, --channels-last and --compile are torch backend options; drop them or "
-                              f"use --backend torch (got --backend {self.backend})")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        check_backend_options(self.backend, self.dtype, self.channels_last, self.compile)
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:
@@ -120,6 +131,28 @@ class StylizeConfig:
         if self.shard is not None:
             object.__setattr__(self, "shard", tuple(self.shard))
             Shard(*self.shard)
+
+
+def check_backend_options(backend: str, dtype: str | None, channels_last: bool | None, compile: bool) -> None:
+    """A one-line ``ConfigError`` when ``backend`` is unknown or does not take the options given."""
+    if backend not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    dtypes = sorted({d for values in BACKEND_DTYPES.values() for d in values})
+    if dtype is not None and dtype not in dtypes:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(dtypes)}")
+    if backend == AUTO:
+        return
+    options = BACKEND_OPTIONS.get(backend, ())
+    if dtype is not None and dtype not in BACKEND_DTYPES.get(backend, ()):
+        takes = f"takes {', '.join(BACKEND_DTYPES[backend])}" if backend in BACKEND_DTYPES else \
+            "takes none: an ONNX file's precision is its own (fastnst export --fp16)"
+        raise ConfigError(f"--dtype {dtype} is not an option of the {backend} backend ({takes}); drop it or "
+                          "choose another --backend")
+    given = [name for name, value in (("--channels-last", channels_last is not None), ("--compile", compile))
+             if value and name.lstrip("-").replace("-", "_") not in options]
+    if given:
+        raise ConfigError(f"{' and '.join(given)}: torch backend options, not options of the {backend} backend; drop "
+                          f"them or use --backend torch")
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -162,35 +195,54 @@ def _rank_device(device: str) -> str:
 class Stylizer:
     """A model loaded once, ready to stylize many images of any size.
 
-    ``model`` is a model file (fastnst ``.safetensors`` or pytorch/examples
-    ``.pth``, loaded by ``backend``), a ``TransformerNet`` (run by the torch
-    backend) or a ready backend object. ``dtype``, ``channels_last`` and
-    ``compile`` go to the torch backend. Images of more than ``tile_size``²
+    ``model`` is a model file (fastnst ``.safetensors``, pytorch/examples
+    ``.pth`` or exported ``.onnx``, loaded by ``backend``: ``auto`` picks one
+    with ``fastnst.backends.choose_backend``), a ``TransformerNet`` (run by the
+    torch backend) or a ready backend object. ``dtype`` goes to the torch and
+    openvino backends (None: their default), ``channels_last`` and ``compile``
+    to torch. Images of more than ``tile_size``²
     pixels (default: from free memory, ``default_tile_size``) are stylized in
     tiles sharing ``tile_stats`` statistics (default ``exact`` where the backend
     can measure them, so tiling does not change the picture); ``strength`` 0–1
     blends the result with the photo, ``preserve_color`` keeps the photo's
-    colours (luminance transfer).
+    colours (luminance transfer). ``style`` (a name or index) or ``style_mix``
+    (``"a=0.7,b=0.3"`` or a mapping) choose among a multi-style model's styles
+    (``fastnst.styles.resolve_style``; default the first); the choice is set
+    once on the backend (``backend.style``).
     """
 
-    def __init__(self, model: str | Path | TransformerNet | Backend, *, backend: str = "torch",
-                 device: str | torch.device = "auto", dtype: str = "fp32", channels_last: bool | None = None,
+    def __init__(self, model: str | Path | TransformerNet | Backend, *, backend: str = AUTO,
+                 device: str | torch.device = "auto", dtype: str | None = None, channels_last: bool | None = None,
                  compile: bool = False, tile_size: int | None = None, tile_stats: str | None = None,
-                 strength: float = 1.0, preserve_color: bool = False) -> None:
+                 strength: float = 1.0, preserve_color: bool = False, style: int | str | None = None,
+                 style_mix: str | dict | None = None) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ConfigError(f"strength must be within 0..1, got {strength}")
         if tile_stats is not None and tile_stats not in TILE_STATS:
             raise ConfigError(f"unknown tile_stats {tile_stats!r}; choose one of {', '.join(TILE_STATS)}")
-        options = {"dtype": dtype, "channels_last": channels_last, "compile": compile}
         if isinstance(model, TransformerNet):
-            self.backend = TorchBackend(model, device, **options)
+            check_backend_options("torch", dtype, channels_last, compile)
+            self.backend = TorchBackend(model, device, dtype=dtype or "fp32", channels_last=channels_last,
+                                        compile=compile)
         elif isinstance(model, (str, Path)):
-            cls = backend_class(backend)
-            extra = options if cls is TorchBackend else {}
-            self.backend = cls.from_file(model, device=device, **extra)
+            check_backend_options(backend, dtype, channels_last, compile)
+            if backend == AUTO:
+                torch_only = dtype == "fp16" or channels_last is not None or compile
+                backend, why = choose_backend(model, str(device), torch_only)
+                log.info("backend auto: %s (%s)", backend, why)
+            options = {"dtype": dtype, "channels_last": channels_last, "compile": compile}
+            extra = {k: v for k, v in options.items() if k in BACKEND_OPTIONS.get(backend, ()) and v is not None}
+            self.backend = backend_class(backend).from_file(model, device=device, **extra)
         else:
             self.backend = model
         self.info = self.backend.info
+        self.style_names = model_style_names(self.info.styles, self.info.spec.num_styles)
+        chosen = resolve_style(self.style_names, style, style_mix)
+        if chosen is not None or not hasattr(self.backend, "style"):  # keep a ready backend's own choice
+            self.backend.style = chosen
+        if self.info.spec.num_styles > 1:
+            log.info("style: %s (the model has %s)", describe(self.backend.style, self.style_names),
+                     ", ".join(self.style_names))
         self.context = tile_context(self.info.spec)
         if tile_size is None:
             tile_size = default_tile_size(self.device)
@@ -200,7 +252,7 @@ class Stylizer:
             raise ConfigError(f"tile size {tile_size} is too small for this network (it needs {self.context} pixels "
                               f"of context a side); use at least {min_tile_size(self.context)}")
         if tile_stats == "exact" and not hasattr(self.backend, "region_sums"):
-            raise ConfigError(f"--tile-stats exact needs a backend that measures statistics tile by tile (torch); "
+            raise ConfigError(f"--tile-stats exact needs a backend that measures statistics tile by tile; "
                               f"the {self.backend.name} backend does not: use --tile-stats thumbnail")
         self.tile_size = tile_size
         self.tile_stats = tile_stats
@@ -211,7 +263,8 @@ class Stylizer:
     def from_config(cls, config: StylizeConfig) -> Stylizer:
         return cls(config.model, backend=config.backend, device=_rank_device(config.device), dtype=config.dtype,
                    channels_last=config.channels_last, compile=config.compile, tile_size=config.tile_size,
-                   tile_stats=config.tile_stats, strength=config.strength, preserve_color=config.preserve_color)
+                   tile_stats=config.tile_stats, strength=config.strength, preserve_color=config.preserve_color,
+                   style=config.style, style_mix=config.style_mix)
 
     @property
     def device(self) -> torch.device:

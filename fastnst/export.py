@@ -16,7 +16,9 @@ pre- or post-processing code to rewrite:
   GPUs), but every InstanceNorm computed in float32: its variance over a whole
   image overflows or loses its small terms in fp16. The graph's inputs and
   outputs keep the dtypes above, so a consumer's code does not change;
-* the file's ``metadata_props`` say what it is (``fastnst.onnx_format``).
+* the file's ``metadata_props`` say what it is (``fastnst.onnx_format``);
+* a multi-style network takes a second input ``style``, float32 (B, N) style
+  weights, so one file serves every style and every mix.
 
 The exporter is ``torch.onnx.export(dynamo=True)``: on this network it gives a
 70-node (light spec) / 86-node (johnson) graph with native ``InstanceNormalization``
@@ -46,8 +48,8 @@ from torch import nn
 from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.errors import ConfigError, FastNSTError, FileError
 from fastnst.files import atomic_path
-from fastnst.models.transformer import TransformerNet
-from fastnst.onnx_format import INPUT_NAME, IO_MODES, OUTPUT_NAME, onnx_metadata
+from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet
+from fastnst.onnx_format import INPUT_NAME, IO_MODES, OUTPUT_NAME, STYLE_INPUT, onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,7 @@ class ExportGraph(nn.Module):
     ``io="float"``: (B, 3, H, W) float32 in 0–1 → (B, 3, H, W) float32, unclamped.
     ``io="uint8"``: (B, H, W, 3) uint8 → (B, H, W, 3) uint8 (clamped to 0–1, × 255, rounded).
     ``fp16`` runs the network in half precision with float32 InstanceNorms.
+    ``style`` (multi-style networks): (B, N) float32 style weights.
     """
 
     def __init__(self, net: TransformerNet, io: str = "float", fp16: bool = False) -> None:
@@ -186,10 +189,13 @@ class ExportGraph(nn.Module):
                 for name, child in list(module.named_children()):
                     if isinstance(child, nn.InstanceNorm2d):
                         setattr(module, name, _Float32InstanceNorm(child))
+        for module in self.net.modules():
+            if isinstance(module, ConditionalInstanceNorm):
+                module.onnx_export, module.float32 = True, fp16
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).float() / 255.0 if self.io == "uint8" else image
-        y = self.net(x.to(self.dtype)).float()
+        y = self.net(x.to(self.dtype), style=style).float()
         if self.io == "uint8":
             return (y.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
         return y
@@ -225,11 +231,15 @@ def to_onnx(net: TransformerNet, info: ModelInfo | None = None, io: str = "float
     else:
         example = torch.rand(2, 3, 67, 45)
         dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    args, names, shapes = (example,), [INPUT_NAME], (dims,)
+    if net.spec.num_styles > 1:
+        args, names, shapes = (example, example_styles(2, net.spec.num_styles)), [*names, STYLE_INPUT], \
+            (dims, {0: dims[0]})
     try:
         with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                        dynamic_shapes=(dims,), optimize=True)
+            program = torch.onnx.export(graph, args, dynamo=True, opset_version=opset, verbose=False,
+                                        input_names=names, output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, optimize=True)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         raise FastNSTError(f"torch.onnx.export failed at opset {opset} ({_first_line(exc)})") from None
     model = program.model_proto
@@ -254,6 +264,9 @@ def _tidy(model, io: str) -> None:
     """
     names = ("batch", "height", "width", 3) if io == "uint8" else ("batch", 3, "height", "width")
     for value in (*model.graph.input, *model.graph.output):
+        if value.name == STYLE_INPUT:
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+            continue
         for dim, name in zip(value.type.tensor_type.shape.dim, names):
             if isinstance(name, str):
                 dim.dim_param = name
@@ -291,6 +304,14 @@ def probe_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Te
     return torch.stack(out)
 
 
+def example_styles(batch: int, num_styles: int, seed: int = 0) -> torch.Tensor:
+    """(B, N) style weights for checks: image 0 a one-hot row (style ``seed`` mod N), the others random mixes."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(batch, num_styles, generator=gen)
+    weights[0] = F.one_hot(torch.tensor(seed % num_styles), num_styles)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
 def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = False,
                 shapes: tuple[tuple[int, int, int], ...] = VERIFY_SHAPES) -> tuple[Check, ...]:
     """Check an exported graph with ``onnx.checker``, then run it with ONNX Runtime (CPU) against PyTorch.
@@ -300,7 +321,8 @@ def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = Fals
     precision costs), fed exactly the pixels the graph gets; for uint8 graphs it
     is compared before rounding, so the tolerance grows by the 0.5 that rounding
     may add. Raises ``VerificationError`` with one line naming the size and the
-    difference; returns one ``Check`` per size.
+    difference; returns one ``Check`` per size. A multi-style graph gets a
+    one-hot style for the first image of each batch and random mixes for the others.
     """
     import onnx
 
@@ -328,12 +350,16 @@ def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = Fals
             feed, images = pixels.numpy(), pixels.permute(0, 3, 1, 2).float() / 255
         else:
             feed = images.numpy()
+        feeds, style = {INPUT_NAME: feed}, None
+        if net.spec.num_styles > 1:
+            style = example_styles(batch, net.spec.num_styles, seed)
+            feeds[STYLE_INPUT] = style.numpy()
         with torch.no_grad():
-            expected = reference_net(images)
+            expected = reference_net(images, style=style)
         if io == "uint8":
             expected = (expected.clamp(0, 1) * 255).permute(0, 2, 3, 1)
         try:
-            got = session.run([OUTPUT_NAME], {INPUT_NAME: feed})[0]
+            got = session.run([OUTPUT_NAME], feeds)[0]
         except Exception as exc:  # noqa: BLE001
             raise VerificationError(f"onnxruntime failed on a {batch}x3x{height}x{width} input: "
                                     f"{_first_line(exc)}") from None

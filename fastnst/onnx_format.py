@@ -10,6 +10,10 @@ and width (the output has the input's size):
 * ``io="float"``: float32 (B, 3, H, W) RGB in 0–1, output unclamped;
 * ``io="uint8"``: uint8 (B, H, W, 3) RGB pixels in and out.
 
+A multi-style network (``spec.num_styles`` N > 1) has a second input ``style``,
+float32 (B, N): per image, the weights of the styles (one-hot picks one, a
+convex mix blends them); ``styles`` in the metadata names the N columns.
+
 ``metadata_props`` (all strings; JSON where structured):
 
 =================  ==========================================================
@@ -41,6 +45,7 @@ IO_MODES = ("float", "uint8")
 ONNX_FORMAT = "fastnst-onnx"
 ONNX_FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "image", "styled"
+STYLE_INPUT = "style"
 
 
 def onnx_metadata(info: ModelInfo, io: str, fp16: bool, opset: int, config: dict | None = None) -> dict[str, str]:
@@ -58,7 +63,9 @@ def onnx_metadata(info: ModelInfo, io: str, fp16: bool, opset: int, config: dict
         "value_range": "0-255" if io == "uint8" else "0-1",
         "precision": "fp16" if fp16 else "fp32",
         "opset": str(opset),
-        "input": f"{INPUT_NAME}: {dtype} {layout} RGB, any batch and size",
+        "input": f"{INPUT_NAME}: {dtype} {layout} RGB, any batch and size" + (
+            f"; {STYLE_INPUT}: float32 (batch, {info.spec.num_styles}) style weights, one-hot or a mix of "
+            f"{', '.join(info.styles)}" if info.spec.num_styles > 1 else ""),
         "output": f"{OUTPUT_NAME}: {dtype} {layout} RGB, the input's size" + ("" if io == "uint8" else ", unclamped"),
         "model_config": json.dumps(info.config, default=str),
         "model_source": info.source,

@@ -11,6 +11,11 @@ photo's own content activations (computed without gradients, by a VGG cut at the
 deepest content layer) and the style image's Gram matrices (computed once, in
 fp32). Adam updates only the transformation network.
 
+Several styles (``fastnst.styles``): with N style images the network carries N
+styles (conditional instance norm); each batch item draws one and is scored
+against that style's Grams. ``init`` adds the style images to an existing model,
+training only the new styles' norm rows.
+
 Robustness: a resumable checkpoint (model, optimiser, scheduler, grad scaler,
 step, epoch position, RNG states, config) is written atomically every
 ``checkpoint_every`` steps, on SIGINT/SIGTERM and at the end; ``resume`` continues
@@ -29,27 +34,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fastnst import distributed
+from fastnst import distributed, rng
 from fastnst.checkpoint import load_training_state, save_model, save_training_state
 from fastnst.data import EpochBatchSampler, PhotoDataset, find_images, make_loader, split_holdout, start_epoch
 from fastnst.device import DEVICE_CHOICES, keep_freed_memory
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError
 from fastnst.files import TEMP_MARKER
-from fastnst.images import load_image
-from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
-from fastnst.models.transformer import TransformerNet, get_spec
+from fastnst.losses import LossSpec, content_targets, perceptual_losses
+from fastnst.models.transformer import TransformerSpec, get_spec
 from fastnst.models.vgg import VGGFeatures
 from fastnst.monitor import LOSSES, Monitor, load_samples
 from fastnst.pretrained import load_loss_network
+from fastnst.styles import StyleTargets, style_names, training_network
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,11 @@ RESUMABLE_CHANGES = {"resume", "steps", "epochs", "checkpoint_every", "logdir", 
 class TrainConfig:
     """Options of ``fastnst train``; saved whole (``asdict``) in the model file and every checkpoint.
 
-    ``style`` holds one style image (several styles per model need conditional
-    instance norm, a later feature). ``steps`` and ``epochs`` are exclusive;
+    ``style`` holds the style images, one per style the model carries;
+    ``style_names`` names them (default: the file stems) and ``style_weights``
+    gives each its style-loss weight (default ``loss.style_weight`` for all).
+    ``init`` is a model file the styles are added to (only their norm rows
+    train). ``steps`` and ``epochs`` are exclusive;
     with neither, training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per
     process under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
     checkpoint beside ``output`` if there is one, else a fresh start).
@@ -98,6 +104,9 @@ class TrainConfig:
     holdout: int = 4
     checkpoint_every: int = 500
     resume: str | None = None
+    style_names: tuple[str, ...] = ()
+    style_weights: tuple[float, ...] = ()
+    init: str | None = None
 
     def __post_init__(self) -> None:
         style = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
@@ -107,9 +116,14 @@ class TrainConfig:
         object.__setattr__(self, "output", str(self.output))
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossSpec(**self.loss))
-        if len(self.style) != 1:
-            raise ConfigError(f"give exactly one --style image, got {len(self.style)} (a model carrying several "
-                              "styles needs conditional instance norm, not supported yet)")
+        object.__setattr__(self, "style_names", tuple(str(s) for s in self.style_names))
+        object.__setattr__(self, "style_weights", tuple(float(w) for w in self.style_weights))
+        if not self.style:
+            raise ConfigError("give at least one --style image")
+        style_names(self.style, self.style_names)
+        if self.style_weights and (len(self.style_weights) != len(self.style) or min(self.style_weights) < 0):
+            raise ConfigError(f"--style-weight: give one weight >= 0, or one per --style image ({len(self.style)}), "
+                              f"got {list(self.style_weights)}")
         if not self.output.endswith(".safetensors"):
             raise ConfigError(f"-o {self.output}: the model file must end in .safetensors")
         get_spec(self.spec)
@@ -168,7 +182,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
     monitor = None
     try:
         # ---- data ---------------------------------------------------------------------------
-        _seed_everything(config.seed)
+        rng.seed_everything(config.seed)
         photos = find_images(config.data)
         if config.sample_images:
             train_photos, sample_paths = photos, [Path(p) for p in config.sample_images]
@@ -185,18 +199,20 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
         ckpt_path = checkpoint_path(config.output)
         resume_from = _resume_path(config, ckpt_path)
         state = load_training_state(resume_from) if resume_from is not None else None
-        style_image = load_image(config.style[0], max_size=config.style_size)[None].to(device)
 
         # ---- networks, loss targets, optimiser ------------------------------------------------
         spec = config.loss
-        model = TransformerNet(get_spec(config.spec)).to(device)
+        model, names, first_new = training_network(get_spec(config.spec), style_names(config.style,
+                                                                                     config.style_names), config.init)
+        model = model.to(device)
         vgg = load_loss_network(spec, device)
         content_vgg = _content_network(vgg, spec)
-        grams = style_grams(vgg, style_image, spec)  # (1, C, C) per layer, fp32, once
+        # Grams of each style image, (1, C, C) per layer and style, fp32, once; the draw of a style per item.
+        styles = StyleTargets(vgg, config, first_new, model.spec.num_styles, spec, device, rank)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         for net in (model, vgg, content_vgg):
             net.to(memory_format=memory_format)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+        optimizer = torch.optim.Adam(styles.parameters(model), lr=config.lr, fused=device.type in ("cpu", "cuda"))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config.lr_decay, total_steps))
         scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
@@ -208,13 +224,13 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
         step = epoch = batch_in_epoch = 0
         last_good = None
         if state is not None:
-            _check_resumable(state, config, resume_from)
+            _check_resumable(state, config, resume_from, model.spec)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            _set_rng_state(state["rng"])
+            rng.set_rng_state(state["rng"])
             last_good = resume_from
             log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, batch_in_epoch)
             _remove_stale_temporaries(ckpt_path, Path(config.output))
@@ -232,14 +248,14 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
             return save_training_state(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng.rng_state(),
                 "config": json.dumps(asdict(config), default=str), "spec": model.spec.to_dict(),
             })
 
         @torch.no_grad()
         def stylize_samples(photos: torch.Tensor) -> torch.Tensor:
             with autocast:
-                return model(photos.to(device)).float().cpu()
+                return model(photos.to(device), style=styles.for_samples(len(photos), device)).float().cpu()
 
         # ---- watching -------------------------------------------------------------------------
         monitor = Monitor(total_steps, step, world * config.batch_size, config.log_every, config.logdir,
@@ -258,9 +274,15 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
                 for content in loader:
                     content = content.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                     with autocast:
-                        stylized = run_model(content)
-                        targets = content_targets(run_content_vgg, content, spec)
-                        losses = perceptual_losses(run_vgg, stylized, targets, grams, spec)
+                        if styles.multi:  # each item its own style: one-hot weights, Grams and loss weight
+                            style, grams, weights = styles.draw(step, content.shape[0])
+                            stylized = run_model(content, style=style)
+                            targets = content_targets(run_content_vgg, content, spec)
+                            losses = styles.losses(run_vgg, stylized, targets, grams, weights)
+                        else:
+                            stylized = run_model(content)
+                            targets = content_targets(run_content_vgg, content, spec)
+                            losses = perceptual_losses(run_vgg, stylized, targets, styles.grams, spec)
 
                     # Every rank must agree before backward, or DDP's gradient all-reduce would hang.
                     values = torch.stack([losses[name].detach().float() for name in LOSSES])
@@ -301,7 +323,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
         # ---- the model file ---------------------------------------------------------------------
         if main:
             save_checkpoint()  # lets `--resume auto --steps MORE` carry on from here
-            save_model(config.output, model, styles=[Path(config.style[0]).stem],
+            save_model(config.output, model, styles=names,
                        config={**asdict(config), "held_out": [str(p) for p in sample_paths], "steps_done": step})
             log.info("wrote %s after %d steps", config.output, step)
         distributed.barrier(world)
@@ -338,36 +360,6 @@ def _lr_factor(decay: str, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """Python, numpy and torch RNG states as tensors and primitives (loadable with weights_only)."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
-                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"],
-                         "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]}})
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _resume_path(config: TrainConfig, ckpt_path: Path) -> Path | None:
     if config.resume is None:
         return None
@@ -379,11 +371,12 @@ def _resume_path(config: TrainConfig, ckpt_path: Path) -> Path | None:
     return Path(config.resume)
 
 
-def _check_resumable(state: dict, config: TrainConfig, path: Path) -> None:
+def _check_resumable(state: dict, config: TrainConfig, path: Path, spec: TransformerSpec) -> None:
     """Refuse a checkpoint of another network; warn about options that changed since it was written."""
-    if state.get("spec") != get_spec(config.spec).to_dict():
-        raise ModelFileError(path, f"holds a network of spec {state.get('spec')}, this run trains --spec "
-                                   f"{config.spec}; use the same --spec or another output")
+    if state.get("spec") != spec.to_dict():
+        raise ModelFileError(path, f"holds a network of spec {state.get('spec')}, this run trains {spec.to_dict()} "
+                                   f"(--spec {config.spec}, {spec.num_styles} style(s)); use the same --spec and "
+                                   "styles or another output")
     saved = json.loads(state.get("config", "{}"))
     now = json.loads(json.dumps(asdict(config), default=str))
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])

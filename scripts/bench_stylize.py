@@ -17,9 +17,19 @@ Sections (real rain_princess weights from ../shared/data, loaded with ``load_mod
 * ``rss``: peak resident memory of ``fastnst stylize`` on a 6000×4000 photo (tiled), in a
   child process, with the default tile size (from free memory) and with 1024² tiles.
   Target: <= 1.5 GB.
+* ``backends``: the backend × dtype matrix at 481×321 and 1920×1080 on a real photo: ms per
+  image (median, variants interleaved), GFLOP/s (2 × multiply-adds per pixel), max abs
+  difference and PSNR against torch fp32 (8-bit outputs): torch fp32 with glibc's default
+  malloc (a child process with ``MALLOC_MMAP_MAX_`` set, which turns fastnst's fix off) and with
+  the fix (this process), torch bf16, onnxruntime fp32, openvino fp32 and bf16; and what
+  OpenVINO's compiling costs (dynamic shapes vs one graph per shape). Target: the default CPU
+  path >= 5x eager fp32 at >= 50 dB.
 * ``tiling``: PSNR of tiled against untiled on a 2048×2048 photo (a mosaic of four real
   photos), for each way of getting the statistics, with amplified difference images written
   to --out for looking at seams. Target: >= 35 dB.
+* ``multistyle``: images/s of a 3-style model (conditional instance norm: rain_princess's
+  weights plus two more norm rows) against the single-style model at 512², torch fp32, batch 1,
+  interleaved; one-hot style and a 3-way mix. Target: within 5%.
 """
 
 from __future__ import annotations
@@ -144,12 +154,15 @@ def compute_only(stylizer: Stylizer, decoded: list[torch.Tensor], streams: int) 
 
 def bench_e2e(args: argparse.Namespace, model: Path, out: Path) -> dict:
     photos = sorted((SHARED / "photos").glob("*.jpg"))[: args.photos]
-    stylizer = Stylizer(model, device="cpu")
+    start = time.perf_counter()
+    stylizer = Stylizer(model, device="cpu")  # the default backend: auto
+    load_seconds = time.perf_counter() - start
+    torch_stylizer = Stylizer(model, device="cpu", backend="torch")
     streams = 1  # the engine's default
     chunks = [photos[i::args.chunks] for i in range(args.chunks)]
     for path in photos:
         path.read_bytes()  # every variant reads from the page cache
-    times = {"naive": [], "naive tuned": [], "engine": [], "compute": []}
+    times = {"naive": [], "naive tuned": [], "engine": [], "engine torch": [], "compute": []}
     net = load_model(model)[0].eval()
     for number, chunk in enumerate(chunks):
         decoded = [torch.from_numpy(np.array(open_image(p))).permute(2, 0, 1) for p in chunk]
@@ -161,6 +174,7 @@ def bench_e2e(args: argparse.Namespace, model: Path, out: Path) -> dict:
             "naive": lambda chunk=chunk, target=target: naive_process(model, chunk, target / "naive"),
             "naive tuned": lambda chunk=chunk, target=target: naive_loop(net, chunk, target / "naive"),
             "engine": lambda config=config: stylize_files(config, stylizer),
+            "engine torch": lambda config=config: stylize_files(config, torch_stylizer),
             "compute": lambda decoded=decoded: compute_only(stylizer, decoded, streams),
         }
         for name, run in runs.items():
@@ -171,12 +185,19 @@ def bench_e2e(args: argparse.Namespace, model: Path, out: Path) -> dict:
     per_chunk = [times["naive"][i] / times["engine"][i] for i in range(len(chunks))]
     share = [times["compute"][i] / times["engine"][i] for i in range(len(chunks))]
     pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in photos)
-    print(f"e2e: {len(photos)} photos, {pixels / len(photos) / 1e3:.0f} kpx average, streams {streams}")
+    print(f"e2e: {len(photos)} photos, {pixels / len(photos) / 1e3:.0f} kpx average, streams {streams}; engine = "
+          f"fastnst stylize's default backend (auto: {stylizer.backend.name}"
+          f"{' ' + stylizer.backend.dtype if stylizer.backend.name == 'openvino' else ''}), loaded in "
+          f"{load_seconds:.1f} s (not in the rates: export and compile, once per run)")
     for name, rate in rates.items():
         print(f"  {name:11} {rate:6.3f} img/s")
     print(f"  engine / naive   {rates['engine'] / rates['naive']:.2f}x (median per chunk "
           f"{statistics.median(per_chunk):.2f}x)  target >= 1.5x")
     print(f"  engine / naive in this process {rates['engine'] / rates['naive tuned']:.2f}x")
+    with_load = len(photos) / (sum(times["engine"]) + load_seconds)
+    print(f"  engine / naive with the model load {with_load / rates['naive']:.2f}x  (issue 9 target: default "
+          f"backend >= 4x naive)")
+    print(f"  engine / engine torch {rates['engine'] / rates['engine torch']:.2f}x")
     print(f"  engine / compute {rates['engine'] / rates['compute']:.1%} (median per chunk "
           f"{statistics.median(share):.1%})  target >= 90%")
     return rates
@@ -235,6 +256,115 @@ def bench_efficiency(args: argparse.Namespace, model: Path) -> None:
                   f"PSNR {psnr(out, reference):6.2f} dB")
 
 
+# -- backends --------------------------------------------------------------------------------------
+
+def _backend_child(argv: list[str]) -> int:
+    """Child process: seconds of ``repeats`` torch fp32 forwards of a height×width image, after a warm-up."""
+    model, height, width, repeats = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    backend = TorchBackend(load_model(model)[0], "cpu")
+    x = _bench_photo(height, width)
+    backend.run(x)
+    print(" ".join(str(_timed(lambda: backend.run(x))) for _ in range(repeats)))
+    return 0
+
+
+def _bench_photo(height: int, width: int) -> torch.Tensor:
+    """A real photo at exactly height×width, (1, 3, H, W) in 0–1."""
+    name = "photos/bsds500_val_101085.jpg" if width < 1000 else "content/avril.jpg"
+    photo = open_image(SHARED / name)
+    return to_tensor(photo.resize((width, height), Image.Resampling.LANCZOS))[None]
+
+
+def bench_backends(args: argparse.Namespace, model: Path) -> None:
+    import os
+
+    from fastnst.backends import runtime_version
+    from fastnst.backends.onnxruntime import OnnxRuntimeBackend
+    from fastnst.export import to_onnx
+
+    net, info = load_model(model)
+    macs = macs_per_pixel(info.spec)
+    start = time.perf_counter()
+    proto = to_onnx(net, info)
+    print(f"backends: ONNX export of {model.name} (in memory, for onnxruntime/openvino) "
+          f"{time.perf_counter() - start:.1f} s")
+    variants = {"torch fp32, glibc default malloc": None, "torch fp32 (malloc fix)": TorchBackend(net, "cpu"),
+                "torch bf16": TorchBackend(load_model(model)[0], "cpu", dtype="bf16"),
+                "onnxruntime fp32": OnnxRuntimeBackend(proto, "cpu")}
+    has_openvino = runtime_version("openvino") is not None
+    if has_openvino:
+        from fastnst.backends.openvino import OpenVinoBackend, default_dtype
+
+        for dtype in ("fp32", "bf16"):
+            start = time.perf_counter()
+            variants[f"openvino {dtype}"] = OpenVinoBackend(proto, dtype=dtype)
+            print(f"  openvino {dtype}: read and compiled (dynamic shapes) in {time.perf_counter() - start:.2f} s")
+        default = f"openvino {default_dtype()}"
+    else:
+        print("  openvino is not installed: pip install fastnst[openvino]")
+        default = "torch fp32 (malloc fix)"
+    env = {**os.environ, "MALLOC_MMAP_MAX_": "65536"}  # glibc's own default; its presence turns the fix off
+    for height, width in ((321, 481), (1080, 1920)):
+        x = _bench_photo(height, width)
+        first = {}
+        for name, backend in variants.items():
+            if backend is not None:
+                first[name] = _timed(lambda backend=backend, x=x: backend.run(x))  # warm-up; first run at this size
+        reference = to_uint8(variants["torch fp32 (malloc fix)"].run(x)).numpy()
+        outputs = {name: to_uint8(b.run(x)).numpy() for name, b in variants.items() if b is not None}
+        seconds = {name: [] for name in variants}
+        repeats = args.repeats + 2 if width < 1000 else args.repeats
+        for _ in range(repeats):
+            for name, backend in variants.items():
+                if backend is None:
+                    command = [sys.executable, __file__, "--backend-child", str(model), str(height), str(width), "1"]
+                    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+                    seconds[name].append(float(result.stdout.split()[-1]))
+                else:
+                    seconds[name].append(_timed(lambda backend=backend, x=x: backend.run(x)))
+        eager = statistics.median(seconds["torch fp32 (malloc fix)"])
+        print(f"backends at {width}x{height}, batch 1, median of {repeats} interleaved runs "
+              f"({torch.get_num_threads()} threads):")
+        for name in variants:
+            ms = statistics.median(seconds[name]) * 1e3
+            gflops = 2 * macs * height * width / (ms / 1e3) / 1e9
+            quality = "  (reference)"
+            if name in outputs and name != "torch fp32 (malloc fix)":
+                out = outputs[name]
+                diff = int(np.abs(out.astype(np.int16) - reference).max())
+                quality = f"  max abs {diff:2d}/255  PSNR {psnr(out, reference):6.2f} dB"
+            elif name not in outputs:
+                quality = "  (same arithmetic as the malloc-fix run)"
+            mark = "  <- default CPU path" if name == default else ""
+            print(f"  {name:32} {ms:8.0f} ms  {gflops:6.1f} GFLOP/s  {eager * 1e3 / ms:5.2f}x eager fp32"
+                  f"{quality}{mark}")
+        if has_openvino:
+            print("  first run at this size (dynamic shapes, nothing to compile): " + ", ".join(
+                f"{name} {first[name] * 1e3:.0f} ms" for name in variants if name.startswith("openvino")))
+    if has_openvino:
+        _bench_compile_cost(proto)
+
+
+def _bench_compile_cost(proto) -> None:
+    """What OpenVINO charges per new image size: dynamic shapes (one compile) vs one graph per shape."""
+    from fastnst.backends.openvino import OpenVinoBackend
+
+    sizes = [(321, 481), (320, 480), (323, 479), (481, 321), (333, 500), (341, 512)]
+    for static in (False, True):
+        start = time.perf_counter()
+        backend = OpenVinoBackend(proto, static_shapes=static)
+        construct = time.perf_counter() - start
+        new, again = [], []
+        for height, width in sizes:
+            x = torch.rand(1, 3, height, width)
+            new.append(_timed(lambda backend=backend, x=x: backend.run(x)))
+            again.append(_timed(lambda backend=backend, x=x: backend.run(x)))
+        print(f"openvino {backend.dtype} {'one graph per shape' if static else 'dynamic shapes'}: constructed in "
+              f"{construct:.2f} s; {len(sizes)} new sizes: first run median {statistics.median(new) * 1e3:.0f} ms, "
+              f"second run {statistics.median(again) * 1e3:.0f} ms; {backend.compiles} compiles, "
+              f"{backend.compile_seconds:.2f} s compiling in all")
+
+
 # -- peak memory -----------------------------------------------------------------------------------
 
 def bench_rss(args: argparse.Namespace, model: Path, out: Path) -> None:
@@ -266,6 +396,37 @@ code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.exit(code)
 """
+
+
+# -- several styles in one model -------------------------------------------------------------------
+
+def bench_multistyle(args: argparse.Namespace, model: Path) -> None:
+    """Images/s of a 3-style network against the single-style one it grew from (same convolutions)."""
+    from fastnst.styles import add_styles
+
+    single, _ = load_model(model)
+    torch.manual_seed(0)
+    multi = add_styles(single, 2).eval()
+    with torch.no_grad():  # make the new rows differ from rain_princess's, as trained styles would
+        for _, norm in multi.norm_layers():
+            norm.weight[1:].mul_(1 + 0.2 * torch.randn_like(norm.weight[1:]))
+    x = _bench_photo(512, 512)
+    backends = {"single-style": TorchBackend(single, "cpu"), "3-style, one style": TorchBackend(multi, "cpu"),
+                "3-style, mix": TorchBackend(multi, "cpu")}
+    backends["3-style, one style"].style = torch.tensor([1.0, 0.0, 0.0])
+    backends["3-style, mix"].style = torch.tensor([0.5, 0.3, 0.2])
+    same = torch.equal(backends["single-style"].run(x), backends["3-style, one style"].run(x))
+    seconds = {name: [] for name in backends}
+    repeats = args.repeats + 4
+    for _ in range(repeats):
+        for name, backend in backends.items():
+            seconds[name].append(_timed(lambda backend=backend: backend.run(x)))
+    base = statistics.median(seconds["single-style"])
+    print(f"multistyle at 512x512, torch fp32, batch 1, median of {repeats} interleaved runs "
+          f"({torch.get_num_threads()} threads); 3-style style 0 output bit-identical to single-style: {same}")
+    for name, values in seconds.items():
+        rate = 1 / statistics.median(values)
+        print(f"  {name:20} {rate:6.2f} img/s  {base * rate:6.1%} of single-style  (target >= 95%)")
 
 
 # -- tiling quality --------------------------------------------------------------------------------
@@ -311,7 +472,8 @@ def bench_tiling(args: argparse.Namespace, model: Path, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="e2e,efficiency,rss,tiling", help="comma-separated sections")
+    parser.add_argument("--only", default="e2e,efficiency,backends,rss,tiling,multistyle",
+                        help="comma-separated sections")
     parser.add_argument("--photos", type=int, default=206, help="how many of the photos for e2e")
     parser.add_argument("--chunks", type=int, default=4, help="interleaving chunks for e2e")
     parser.add_argument("--repeats", type=int, default=3, help="repeats for efficiency (1080p: one fewer)")
@@ -322,6 +484,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
     if sys.argv[1:2] == ["--naive-child"]:
         return _naive_child(sys.argv[2:])
+    if sys.argv[1:2] == ["--backend-child"]:
+        return _backend_child(sys.argv[2:])
     args = parser.parse_args()
     if not MODEL.is_file():
         print(f"needs {MODEL} (the ../shared data folder beside the checkout)", file=sys.stderr)
@@ -336,10 +500,14 @@ def main() -> int:
             bench_e2e(args, model, out)
         if "efficiency" in sections:
             bench_efficiency(args, model)
+        if "backends" in sections:
+            bench_backends(args, model)
         if "rss" in sections:
             bench_rss(args, model, out)
         if "tiling" in sections:
             bench_tiling(args, model, out)
+        if "multistyle" in sections:
+            bench_multistyle(args, model)
     return 0
 
 

@@ -93,7 +93,12 @@ def run_baseline(folder: Path, steps: int) -> tuple[list[float], list[float]]:
     # The very batches fit() draws, preloaded (data loading is not what is compared).
     photos = split_holdout(find_images(folder / "photos"), 4)[0]
     dataset, sampler = PhotoDataset(photos, SIZE), EpochBatchSampler(len(photos), BATCH, SEED)
-    batches = [torch.stack([dataset[i] for i in b]) for b in list(sampler)[:steps]]
+    order, epoch = [], 0
+    while len(order) < steps:  # epoch after epoch, as fit() draws them
+        sampler.set_epoch(epoch)
+        order += list(sampler)
+        epoch += 1
+    batches = [torch.stack([dataset[i] for i in b]) for b in order[:steps]]
 
     times, losses = [], []
     for x in batches:

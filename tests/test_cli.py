@@ -86,7 +86,7 @@ def test_stylize_files_and_folders_reports_bad_inputs_and_goes_on(tmp_path, mode
     bad = [corpus.make_empty(photos), corpus.make_truncated(photos, ".png")]
     out = tmp_path / "out"
     single = corpus.make_rgb(tmp_path, "single.webp", size=(9, 9))
-    rc = main(["stylize", "-m", str(model_file), str(photos), str(single), "-o", str(out)])
+    rc = main(["stylize", "-m", str(model_file), str(photos), str(single), "-o", str(out), "--backend", "torch"])
     err = capsys.readouterr().err
     assert rc == 1
     for path in bad:

@@ -68,7 +68,7 @@ def _one_thread():
 # -- the Python API -----------------------------------------------------------------------------
 
 def test_stylizer_matches_the_network_for_tensors_and_pil(model_file, light_net):
-    stylizer = Stylizer(model_file, device="cpu")
+    stylizer = Stylizer(model_file, device="cpu", backend="torch")
     x = torch.rand(2, 3, 21, 34)
     with torch.no_grad():
         expected = light_net(x).clamp(0, 1)
@@ -133,7 +133,7 @@ def test_backend_choice_goes_through_the_registry(model_file):
     with pytest.raises(ConfigError, match="unknown backend 'nope'"):
         Stylizer(model_file, backend="nope")
     with pytest.raises(ConfigError, match="torch backend options"):
-        StylizeConfig(model="m", inputs=("x",), output_dir="o", backend="onnxruntime", dtype="bf16")
+        StylizeConfig(model="m", inputs=("x",), output_dir="o", backend="onnxruntime", compile=True)
     assert Stylizer(model_file, backend="torch").backend.name == "torch"
 
 
@@ -167,7 +167,8 @@ def test_library_with_every_kind_of_bad_file(tmp_path, model_file, light_net, ca
     bad[locked] = "permission denied"
     out = tmp_path / "out"
     report = tmp_path / "report.jsonl"
-    rc = main(["stylize", "-m", str(model_file), str(library), "-o", str(out), "--report", str(report)])
+    rc = main(["stylize", "-m", str(model_file), str(library), "-o", str(out), "--report", str(report),
+               "--backend", "torch"])
     err = capsys.readouterr().err
     assert rc == 1
     warnings = [line for line in err.splitlines() if line.startswith("WARNING: ")]
@@ -261,7 +262,7 @@ def test_formats_quality_and_max_size(tmp_path, model_file, light_net):
 def test_strength_preserve_color_tiles_and_dtype_through_the_cli(tmp_path, model_file, light_net):
     photo = tmp_path / "big.png"
     gradient_image(30, 24).resize((300, 240), Image.Resampling.BICUBIC).save(photo)
-    args = ["stylize", "-m", str(model_file), str(photo)]
+    args = ["stylize", "-m", str(model_file), str(photo), "--backend", "torch"]
     assert main([*args, "-o", str(tmp_path / "whole")]) == 0
     assert main([*args, "-o", str(tmp_path / "tiled"), "--tile-size", "128", "--tile-stats", "thumbnail"]) == 0
     assert main([*args, "-o", str(tmp_path / "exact"), "--tile-size", "128"]) == 0  # exact is the default
@@ -274,7 +275,7 @@ def test_strength_preserve_color_tiles_and_dtype_through_the_cli(tmp_path, model
     original = np.asarray(Image.open(photo), np.int16)
     assert np.abs(np.asarray(Image.open(tmp_path / "soft" / "big.png"), np.int16) - original).max() <= 1
     assert main([*args, "-o", str(tmp_path / "bf16"), "--dtype", "bf16", "--channels-last", "--device", "cpu",
-                 "--workers", "1", "--backend", "torch"]) == 0
+                 "--workers", "1"]) == 0
     bf16 = np.asarray(Image.open(tmp_path / "bf16" / "big.png"), np.float64)
     assert np.abs(bf16 - whole).mean() < 4
     assert main([*args, "-o", str(tmp_path / "batched"), "--batch-size", "2", "--streams", "1"]) == 0
@@ -315,7 +316,7 @@ def test_parallel_streams_match_one_stream_and_leave_the_thread_setting_alone(tm
     torch.set_num_threads(2)  # the fixture restores it
     for streams in ("1", "2"):
         assert main(["stylize", "-m", str(model_file), str(folder), "-o", str(tmp_path / streams), "--streams", streams,
-                     "--tile-size", "128"]) == 0
+                     "--tile-size", "128", "--backend", "torch"]) == 0
     assert torch.get_num_threads() == 2
     seen = []
     thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
@@ -383,7 +384,8 @@ def test_killed_run_resumes_to_byte_identical_outputs(tmp_path, model_file):
     for i in range(40):
         gradient_image(160 + 4 * (i % 3), 120, seed=i).save(folder / (f"{i:02d}.jpg" if i % 2 else f"{i:02d}.png"))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    command = [sys.executable, "-m", "fastnst", "stylize", "-m", str(model_file), str(folder), "--streams", "2"]
+    command = [sys.executable, "-m", "fastnst", "stylize", "-m", str(model_file), str(folder), "--streams", "2",
+               "--backend", "torch"]
     assert main(command[3:] + ["-o", str(reference)]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # as the reference run in this process
     process = subprocess.Popen([*command, "-o", str(resumed)], env=env, stderr=subprocess.DEVNULL)

@@ -9,6 +9,11 @@ so the engine never needs to know which runtime computed them.
 ``norm_stats(batch)`` measures every InstanceNorm's statistics (on a downscaled
 copy of the whole photo) and ``run(tile, norm_stats=...)`` applies them to a tile.
 See ``fastnst.models.transformer.NormStats``.
+
+Multi-style models (``info.spec.num_styles`` N > 1): the engine sets the
+backend's ``style`` attribute once, to style weights (N,) float (one-hot or a
+convex mix, see ``fastnst.styles``); ``run``, ``norm_stats`` and ``region_sums``
+all use it (None: the first style). Single-style backends ignore it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Backend(Protocol):
 
     name: str
     info: ModelInfo
+    style: torch.Tensor | None  # (N,) style weights for multi-style models; None: the first style
 
     @classmethod
     def from_file(cls, path: str | Path, *, device: str = "auto") -> Backend:
@@ -56,7 +62,16 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "torch": "fastnst.backends.torch:TorchBackend",
     "onnxruntime": "fastnst.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "fastnst.backends.openvino:OpenVinoBackend",
 }
+AUTO = "auto"
+BACKEND_CHOICES = (AUTO, *BACKENDS)
+# The keyword options of each backend's ``from_file`` the engine may pass (the others take none),
+# and the ``dtype`` values each accepts.
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {"torch": ("dtype", "channels_last", "compile"), "openvino": ("dtype",)}
+BACKEND_DTYPES: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16")}
+# The Python package each backend needs.
+RUNTIMES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 def backend_class(name: str) -> type:
@@ -66,3 +81,48 @@ def backend_class(name: str) -> type:
     except KeyError:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
     return getattr(importlib.import_module(module), cls)
+
+
+def runtime_version(name: str) -> str | None:
+    """The installed version of backend ``name``'s runtime, or None when it cannot be imported."""
+    from importlib import metadata
+
+    try:
+        module = importlib.import_module(RUNTIMES[name])
+    except ImportError:
+        return None
+    try:
+        return metadata.version(RUNTIMES[name])
+    except metadata.PackageNotFoundError:
+        return str(getattr(module, "__version__", "unknown"))
+
+
+def choose_backend(model: str | Path, device: str = "auto", torch_options: bool = False) -> tuple[str, str]:
+    """What ``--backend auto`` runs ``model`` with, and why (one line).
+
+    * ``torch_options``: the torch-only options were asked for (``channels_last``,
+      ``compile``, ``dtype`` fp16) → torch;
+    * the device is (or ``auto`` finds) CUDA or MPS → torch (onnxruntime for a
+      ``.onnx`` file, which torch cannot read);
+    * the CPU → OpenVINO when installed: bf16 on AMX/AVX512-BF16 CPUs, and fp32
+      OpenVINO is faster than eager torch too (``scripts/bench_stylize.py --only
+      backends``); a ``.onnx`` file without OpenVINO → onnxruntime;
+    * the CPU without OpenVINO, a model file → torch: eager fp32 with the malloc fix
+      measured 299 ms at 481×321 and 3.7 s at 1920×1080 against ONNX Runtime's
+      315 ms and 4.3 s (issue 9, an idle Xeon), and it needs no ONNX export first
+      (4–10 s). On a loaded 2-core EPYC ONNX Runtime measured 1.1–1.9x faster, so
+      a long run on a .onnx file is where onnxruntime pays.
+    """
+    from fastnst.device import resolve_device
+
+    is_onnx = Path(model).suffix.lower() == ".onnx"
+    if torch_options and not is_onnx:
+        return "torch", "torch-only options were given (--channels-last, --compile or --dtype fp16)"
+    kind = resolve_device(device).type
+    if kind != "cpu":
+        return ("onnxruntime", f"{kind} and a .onnx file") if is_onnx else ("torch", f"device {kind}")
+    if runtime_version("openvino") is not None:
+        return "openvino", "the CPU, and OpenVINO is installed (the fastest CPU runtime)"
+    if is_onnx:
+        return "onnxruntime", "the CPU, a .onnx file, and OpenVINO is not installed"
+    return "torch", "the CPU, and OpenVINO is not installed (pip install fastnst[openvino] to stylize faster)"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import keep_freed_memory, resolve_device
 from fastnst.errors import ConfigError
-from fastnst.models.transformer import NormStats, TransformerNet, padded_size
+from fastnst.models.transformer import NormStats, TransformerNet, fixed_norm, padded_size, style_weights
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,9 +33,12 @@ class TorchBackend:
     """Runs ``net`` on ``device`` without autograd; inputs and outputs are CPU float32 tensors (B, 3, H, W).
 
     ``no_grad`` rather than ``inference_mode``: callers may modify the results in place.
+    ``style`` (multi-style models): the style weights (N,) every image is stylized
+    with, set once before running (see ``fastnst.backends.Backend``); None is the first style.
     """
 
     name = "torch"
+    style: torch.Tensor | None = None
 
     def __init__(self, net: TransformerNet, device: str | torch.device = "auto", info: ModelInfo | None = None, *,
                  dtype: str = "fp32", channels_last: bool | None = None, compile: bool = False) -> None:
@@ -79,13 +82,14 @@ class TorchBackend:
             # multiples of 4 and is not compiled again for each remainder of the size modulo 4.
             x = F.pad(x, (0, padded_size(width) - width, 0, padded_size(height) - height), mode="replicate")
         with self._autocast():
-            out = self._forward(x, norm_stats=stats)
+            out = self._forward(x, norm_stats=stats, style=self._style(x))
         return out[..., :height, :width].float().cpu().contiguous()
 
     @torch.no_grad()
     def norm_stats(self, batch: torch.Tensor) -> NormStats:
         with self._autocast():
-            stats = self.net.compute_norm_stats(self._input(batch))
+            x = self._input(batch)
+            stats = self.net.compute_norm_stats(x, style=self._style(x))
         return [(m.float().cpu(), v.float().cpu()) for m, v in stats]
 
     @torch.no_grad()
@@ -103,7 +107,8 @@ class TorchBackend:
         x = self._input(batch)
         height, width = x.shape[-2:]
         x = F.pad(x, (0, padded_size(width) - width, 0, padded_size(height) - height), mode="replicate")
-        probe = _Probe([(m.to(self.device), v.to(self.device)) for m, v in known], region, x.shape[-2])
+        probe = _Probe([(m.to(self.device), v.to(self.device)) for m, v in known], region, x.shape[-2],
+                       self._style(x))
         try:
             with self._autocast():
                 for layer in (*self.net.encoder, *self.net.residual, *self.net.decoder):
@@ -113,6 +118,10 @@ class TorchBackend:
             return s1.cpu(), s2.cpu(), count
         raise ValueError(f"the network has {len(known)} InstanceNorms, no InstanceNorm number {len(known)}")
 
+    def _style(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``style`` as (B, N) weights on the device (None for a single-style network)."""
+        return style_weights(self.net.spec.num_styles, self.style, x.shape[0], self.device)
+
 
 class _Measured(Exception):
     """Raised by ``_Probe`` to end a forward pass as soon as the wanted statistics are taken."""
@@ -121,17 +130,17 @@ class _Measured(Exception):
 class _Probe:
     """Stands in for ``fastnst.models.transformer._Norms``: fixed statistics up to one layer, then a measurement."""
 
-    def __init__(self, known: NormStats, region: tuple[int, int, int, int], full_height: int) -> None:
+    def __init__(self, known: NormStats, region: tuple[int, int, int, int], full_height: int,
+                 style: torch.Tensor | None = None) -> None:
         self.known, self.region, self.full_height, self.index = known, region, full_height, 0
+        self.style = style
         self.result: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
-    def __call__(self, norm: torch.nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.index < len(self.known):
             mean, var = self.known[self.index]
             self.index += 1
-            scale = norm.weight * torch.rsqrt(var + norm.eps)
-            shift = norm.bias - mean * scale
-            return x * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
+            return fixed_norm(norm, x, mean, var, self.style)
         factor = self.full_height // x.shape[-2]
         y0, y1, x0, x1 = (v // factor for v in self.region)
         values = x[..., y0:y1, x0:x1].double()

@@ -12,6 +12,12 @@ upsamplings each followed by a 3×3 conv (to 64, then 32), and a final 9×9 conv
 followed by an affine InstanceNorm and a ReLU. The layer widths and the number of
 residual blocks come from a ``TransformerSpec`` so a lighter network is a one-line
 change; ``SPECS`` names the ones we ship.
+
+Several styles in one network (Dumoulin et al. 2017, "conditional instance
+norm"): with ``num_styles`` N > 1 every InstanceNorm holds one (scale, shift)
+pair per style, (N, C) each, and everything else is shared. The forward then
+takes style weights (B, N): a one-hot row picks a style, any convex mix blends
+the styles' norm parameters (``ConditionalInstanceNorm``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class TransformerSpec:
 
     channels: tuple[int, int, int] = (32, 64, 128)
     num_residual: int = 5
+    num_styles: int = 1
 
     def __post_init__(self) -> None:
         channels = tuple(int(c) for c in self.channels)
@@ -51,9 +58,20 @@ class TransformerSpec:
             raise ConfigError(f"spec channels must be three positive widths, got {self.channels}")
         if self.num_residual < 0:
             raise ConfigError(f"spec num_residual must be >= 0, got {self.num_residual}")
+        if int(self.num_styles) < 1:
+            raise ConfigError(f"spec num_styles must be >= 1, got {self.num_styles}")
+        object.__setattr__(self, "num_styles", int(self.num_styles))
 
     def to_dict(self) -> dict:
-        return {"channels": list(self.channels), "num_residual": self.num_residual}
+        """JSON-ready form; ``num_styles`` only when > 1, so single-style files keep their exact metadata."""
+        out = {"channels": list(self.channels), "num_residual": self.num_residual}
+        if self.num_styles > 1:
+            out["num_styles"] = self.num_styles
+        return out
+
+    def with_styles(self, num_styles: int) -> TransformerSpec:
+        """The same network carrying ``num_styles`` styles."""
+        return dataclasses.replace(self, num_styles=num_styles)
 
     @classmethod
     def from_dict(cls, data: dict) -> TransformerSpec:
@@ -93,30 +111,117 @@ NormStats = list[tuple[torch.Tensor, torch.Tensor]]
 """Per InstanceNorm layer, in forward order: (mean, var) of its input, each (B, C) or (1, C)."""
 
 
+class ConditionalInstanceNorm(nn.Module):
+    """InstanceNorm with one (scale, shift) pair per style: ``weight`` and ``bias`` are (N, C).
+
+    ``forward(x, style)`` takes style weights (B, N) (one-hot, or any mix) and
+    normalises each image with its own mix of the rows, ``style @ weight``. The
+    mix is computed as a sum of products, so a one-hot row reproduces its
+    style's parameters bit for bit. Eagerly the per-image parameters go through
+    one ``batch_norm`` over (1, B·C) channels, the very call ``nn.InstanceNorm2d``
+    makes, so a multi-style network costs what a single-style one does.
+    ``onnx_export`` (set by ``fastnst.export``) switches to a unit
+    InstanceNormalization followed by the mixed scale and shift, which ONNX
+    can express; ``float32`` computes that normalisation in fp32 (fp16 graphs).
+    """
+
+    def __init__(self, channels: int, num_styles: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features, self.num_styles, self.eps = channels, num_styles, eps
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+        self.register_buffer("unit_scale", torch.ones(channels), persistent=False)
+        self.register_buffer("unit_shift", torch.zeros(channels), persistent=False)
+        self.onnx_export = False
+        self.float32 = False
+
+    def affine(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) style weights → per-image (scale, shift), each (B, C)."""
+        style = style.to(self.weight.dtype)[:, :, None]
+        return (style * self.weight).sum(dim=1), (style * self.bias).sum(dim=1)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine(style)
+        if self.onnx_export:
+            y = x.float() if self.float32 else x
+            y = F.instance_norm(y, weight=self.unit_scale.to(y.dtype), bias=self.unit_shift.to(y.dtype),
+                                eps=self.eps).to(x.dtype)
+            return y * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
+        b, c = x.shape[:2]
+        scale, shift = scale.expand(b, c).reshape(b * c), shift.expand(b, c).reshape(b * c)
+        y = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), None, None, scale, shift, training=True, eps=self.eps)
+        return y.reshape(x.shape)
+
+
+def norm_affine(norm: nn.Module, style: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) an InstanceNorm applies: (C,) for a plain one, (B, C) for a conditional one and ``style``."""
+    if isinstance(norm, ConditionalInstanceNorm):
+        return norm.affine(style)
+    return norm.weight, norm.bias
+
+
+def fixed_norm(norm: nn.Module, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+               style: torch.Tensor | None = None) -> torch.Tensor:
+    """InstanceNorm ``norm`` applied to ``x`` with given statistics (B or 1, C) instead of its own."""
+    weight, bias = norm_affine(norm, style)
+    scale = weight * torch.rsqrt(var + norm.eps)  # (B, C)
+    shift = bias - mean * scale
+    return x * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
+
+
+def style_weights(num_styles: int, style: torch.Tensor | None, batch: int, device: torch.device | None = None
+                  ) -> torch.Tensor | None:
+    """Style weights as the network wants them: (B, N) float32, or None for a single-style network.
+
+    ``style`` is (N,) (the same for every image), (B, N) or (1, N); None means
+    the first style. Weights are used as given (callers normalise mixes).
+    """
+    if num_styles == 1:
+        if style is not None and torch.as_tensor(style).shape[-1] != 1:
+            raise ValueError(f"style weights of shape {tuple(torch.as_tensor(style).shape)} for a single-style network")
+        return None
+    if style is None:
+        style = F.one_hot(torch.tensor(0), num_styles)
+    style = torch.as_tensor(style, dtype=torch.float32, device=device)
+    if style.dim() == 1:
+        style = style[None]
+    if style.dim() != 2 or style.shape[1] != num_styles or style.shape[0] not in (1, batch):
+        raise ValueError(f"style weights of shape {tuple(style.shape)}: expected ({num_styles},), "
+                         f"(1, {num_styles}) or ({batch}, {num_styles})")
+    return style.expand(batch, num_styles)
+
+
 class _Norms:
     """Runs each InstanceNorm of one forward pass: normally, recording its statistics, or with fixed ones.
 
     Fixed statistics are what makes tiled stylization seamless: every tile of a
     large photo is normalised with the statistics of the whole photo (measured
     on a downscaled copy) instead of its own, so tiles do not differ in tone.
+    ``style`` (B, N) feeds the conditional InstanceNorms of a multi-style network.
     """
 
-    def __init__(self, fixed: NormStats | None = None, record: bool = False) -> None:
+    def __init__(self, fixed: NormStats | None = None, record: bool = False,
+                 style: torch.Tensor | None = None) -> None:
         self.fixed, self.record, self.recorded, self.index = fixed, record, [], 0
+        self.style = style
 
-    def __call__(self, norm: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.record:
             var, mean = torch.var_mean(x.float(), dim=(2, 3), unbiased=False)
             self.recorded.append((mean, var))
         if self.fixed is None:
-            return norm(x)
+            return norm(x) if self.style is None else norm(x, self.style)
         if self.index >= len(self.fixed):
             raise ValueError(f"norm_stats has {len(self.fixed)} entries, the network has more InstanceNorms")
         mean, var = self.fixed[self.index]
         self.index += 1
-        scale = norm.weight * torch.rsqrt(var + norm.eps)  # (B, C)
-        shift = norm.bias - mean * scale
-        return x * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
+        return fixed_norm(norm, x, mean, var, self.style)
+
+
+def _instance_norm(channels: int, num_styles: int) -> nn.Module:
+    if num_styles == 1:
+        return nn.InstanceNorm2d(channels, affine=True)
+    return ConditionalInstanceNorm(channels, num_styles)
 
 
 class ConvNormReLU(nn.Module):
@@ -127,11 +232,11 @@ class ConvNormReLU(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, upsample: bool = False,
-                 norm: bool = True) -> None:
+                 norm: bool = True, num_styles: int = 1) -> None:
         super().__init__()
         self.upsample = upsample
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, padding_mode="reflect")
-        self.norm = nn.InstanceNorm2d(cout, affine=True) if norm else None
+        self.norm = _instance_norm(cout, num_styles) if norm else None
 
     def forward(self, x: torch.Tensor, norms: _Norms) -> torch.Tensor:
         if self.upsample:
@@ -145,12 +250,12 @@ class ConvNormReLU(nn.Module):
 class ResidualBlock(nn.Module):
     """Two 3×3 conv + InstanceNorm layers with an identity shortcut (no ReLU after the sum)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, num_styles: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect")
-        self.norm1 = nn.InstanceNorm2d(channels, affine=True)
+        self.norm1 = _instance_norm(channels, num_styles)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect")
-        self.norm2 = nn.InstanceNorm2d(channels, affine=True)
+        self.norm2 = _instance_norm(channels, num_styles)
 
     def forward(self, x: torch.Tensor, norms: _Norms) -> torch.Tensor:
         y = F.relu(norms(self.norm1, self.conv1(x)))
@@ -166,32 +271,46 @@ class TransformerNet(nn.Module):
 
     ``norm_stats`` (from ``compute_norm_stats``) replaces every InstanceNorm's
     own statistics; see ``_Norms`` for why tiling needs it.
+
+    ``style`` (multi-style networks, ``spec.num_styles`` N > 1): style weights
+    (N,) for every image or (B, N) per image, one-hot or a convex mix; None is
+    the first style. A single-style network ignores it (it may be None or (1,)).
     """
 
     def __init__(self, spec: TransformerSpec | None = None) -> None:
         super().__init__()
         self.spec = spec or TransformerSpec()
         c1, c2, c3 = self.spec.channels
+        n = self.spec.num_styles
         self.encoder = nn.ModuleList([
-            ConvNormReLU(3, c1, 9),
-            ConvNormReLU(c1, c2, 3, stride=2),
-            ConvNormReLU(c2, c3, 3, stride=2),
+            ConvNormReLU(3, c1, 9, num_styles=n),
+            ConvNormReLU(c1, c2, 3, stride=2, num_styles=n),
+            ConvNormReLU(c2, c3, 3, stride=2, num_styles=n),
         ])
-        self.residual = nn.ModuleList(ResidualBlock(c3) for _ in range(self.spec.num_residual))
+        self.residual = nn.ModuleList(ResidualBlock(c3, n) for _ in range(self.spec.num_residual))
         self.decoder = nn.ModuleList([
-            ConvNormReLU(c3, c2, 3, upsample=True),
-            ConvNormReLU(c2, c1, 3, upsample=True),
+            ConvNormReLU(c3, c2, 3, upsample=True, num_styles=n),
+            ConvNormReLU(c2, c1, 3, upsample=True, num_styles=n),
             ConvNormReLU(c1, 3, 9, norm=False),
         ])
 
-    def forward(self, x: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
-        return self._run(x, _Norms(fixed=norm_stats))
+    def forward(self, x: torch.Tensor, norm_stats: NormStats | None = None,
+                style: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(x, _Norms(fixed=norm_stats, style=self._style(style, x)))
 
-    def compute_norm_stats(self, x: torch.Tensor) -> NormStats:
+    def compute_norm_stats(self, x: torch.Tensor, style: torch.Tensor | None = None) -> NormStats:
         """Statistics of every InstanceNorm input for ``x`` (typically a downscaled whole image)."""
-        norms = _Norms(record=True)
+        norms = _Norms(record=True, style=self._style(style, x))
         self._run(x, norms)
         return norms.recorded
+
+    def _style(self, style: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        return style_weights(self.spec.num_styles, style, x.shape[0], x.device)
+
+    def norm_layers(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every InstanceNorm, in forward order: the layers that carry the styles."""
+        kinds = (nn.InstanceNorm2d, ConditionalInstanceNorm)
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, kinds)]
 
     def _run(self, x: torch.Tensor, norms: _Norms) -> torch.Tensor:
         h, w = x.shape[-2:]
