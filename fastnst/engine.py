@@ -52,11 +52,12 @@ from fastnst.tiling import (
 
 log = logging.getLogger(__name__)
 
-# Memory of one eager fp32 forward pass of the default network, per pixel (scripts/bench_stylize.py
-# measures ~940 B). The default tile size gives one pass at most MEMORY_SHARE of the free memory,
+# Memory of one eager fp32 forward pass of the default network, per pixel (1,223 B measured at 1024²).
+# The default tile size gives one pass at most MEMORY_SHARE of the free memory (an eighth: a tiled
+# photo may hold up to three graphs' buffers at once on the ONNX runtimes, and several photos are in flight),
 # within [MIN_DEFAULT_TILE, MAX_DEFAULT_TILE]; 1024 (about 1 GB a pass) when free memory is unknown.
-FORWARD_BYTES_PER_PIXEL = 1000
-MEMORY_SHARE = 0.25
+FORWARD_BYTES_PER_PIXEL = 1250
+MEMORY_SHARE = 0.125
 MIN_DEFAULT_TILE, MAX_DEFAULT_TILE = 1024, 4096
 # Batching on accelerators only. On the CPU a batch is no faster than its photos one by one, and
 # oneDNN may round a batch of N differently from N single images in the last bit, which would
@@ -173,9 +174,8 @@ def free_memory(device: torch.device) -> int | None:
 def default_tile_size(device: torch.device) -> int:
     """The side of the largest square one forward pass may take: ``MEMORY_SHARE`` of free memory, 64-px steps.
 
-    A quarter leaves room for several photos in flight and the decoded images;
-    24 GB with 20 GB available gives 2240 (a 5 MP pass, so 1080p and most
-    camera photos run whole and only larger ones are tiled).
+    20 GiB available gives 1408 (a 2 MP pass: 1080p runs whole, larger photos
+    are tiled); a 6000×4000 photo then peaks at a few GB (scripts/bench_stylize.py).
     """
     free = free_memory(device)
     if free is None:

@@ -15,7 +15,7 @@ Sections (real rain_princess weights from ../shared/data, loaded with ``load_mod
   the fp32 matmul peak measured here, at 256² and 1920×1080, per dtype/layout option, with max
   abs difference and PSNR against fp32. Target: >= 50% at 1080p with the best option.
 * ``rss``: peak resident memory of ``fastnst stylize`` on a 6000×4000 photo (tiled), in a
-  child process, with the default tile size (from free memory) and with 1024² tiles.
+  child process, with the default tile size (from free memory) and with 768² tiles.
   Target: <= 1.5 GB.
 * ``backends``: the backend × dtype matrix at 481×321 and 1920×1080 on a real photo: ms per
   image (median, variants interleaved), GFLOP/s (2 × multiply-adds per pixel), max abs
@@ -373,7 +373,7 @@ def bench_rss(args: argparse.Namespace, model: Path, out: Path) -> None:
     if not photo.exists():
         open_image(SHARED / "content" / "avril.jpg").resize((6000, 4000), Image.Resampling.LANCZOS).save(
             photo, quality=92)
-    for extra in ([], ["--tile-size", "1024"], ["--tile-size", "1024", "--tile-stats", "thumbnail"]):
+    for extra in ([], ["--tile-size", "768"]):
         command = [sys.executable, "-m", "fastnst", "stylize", "-m", str(model), str(photo), "-o",
                    str(out / "large-out"), "--overwrite", *extra]
         start = time.perf_counter()

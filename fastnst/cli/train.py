@@ -1,0 +1,100 @@
+"""``fastnst train``: training a style model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fastnst.cli.options import add_loss_options, loss_spec, positive_int
+
+_TRAIN_EPILOG = """\
+loss weights depend on the VGG flavour. The defaults (content 1e5, style 1e10) suit the torchvision
+flavour (pytorch/examples). With the Caffe VGG19 (BGR 0-255 activations, far larger) use e.g.
+  --vgg vgg19 --vgg-weights vgg19_caffe_block1-3.pth --style-layers relu1_1,relu2_1,relu3_1
+  --content-layers relu2_2 --content-weight 1 --style-weight 1
+(tested on 256 px crops for 600 steps; more style weight: stronger texture, less of the photo)
+Under torchrun --nproc_per_node N the same command trains with DistributedDataParallel
+(--batch-size is per process). Ctrl-C saves a checkpoint; continue with --resume auto."""
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from fastnst.device import DEVICE_CHOICES
+    from fastnst.models.transformer import SPECS
+    from fastnst.train import AMP_CHOICES, DEFAULT_EPOCHS, LR_DECAYS
+
+    p = sub.add_parser("train", help="train a style model from a style image and a folder of photos",
+                       description="Train a feed-forward style network (Johnson et al. 2016) on a folder of "
+                                   "photos for one style image and write it as a .safetensors model file.",
+                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--style", required=True, nargs="+", metavar="IMAGE",
+                   help="the style image; several make one model carrying all of them (conditional instance norm)")
+    p.add_argument("--style-name", nargs="+", metavar="NAME", help="names of the styles (default: the file stems)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="add the --style image(s) to this trained model, training only their norm parameters (the "
+                        "model's other styles stay exactly as they are)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="folder of training photos, searched recursively (e.g. COCO train2014/)")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL",
+                   help="model file to write (.safetensors); the resumable checkpoint goes beside it "
+                        "as MODEL.ckpt.pt")
+    p.add_argument("--spec", choices=sorted(SPECS), default="johnson", help="network size (default johnson)")
+    p.add_argument("--image-size", type=positive_int, default=256,
+                   help="training crops are SIZE x SIZE pixels (default 256)")
+    p.add_argument("--style-size", type=positive_int,
+                   help="downsize the style image's long side to this before taking its Grams (default: as is)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="photos per step and process (default 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",
+                   help="decay the learning rate to 0 over the run (default none)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="optimiser steps to train")
+    length.add_argument("--epochs", type=positive_int,
+                        help=f"passes over the photos (default {DEFAULT_EPOCHS} when --steps is not given)")
+    p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                   help="mixed precision: bf16 is about 2x faster on CPUs with AVX512-BF16/AMX (default none)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory layout (try on GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (slow start)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--workers", type=int, default=2, help="photo-decoding processes (default 2; 0: in-process)")
+    p.add_argument("--logdir", metavar="DIR", help="write TensorBoard logs (losses, lr, images/s, samples) here")
+    p.add_argument("--log-every", type=positive_int, default=10, help="log losses every N steps (default 10)")
+    p.add_argument("--sample-every", type=int, default=500,
+                   help="TensorBoard grid of sample stylizations every N steps (default 500; 0: off)")
+    p.add_argument("--sample-images", nargs="+", metavar="IMAGE",
+                   help="photos for the sample grid (default: --holdout photos held out from --data)")
+    p.add_argument("--holdout", type=int, default=4,
+                   help="photos held out of training as samples when --sample-images is not given (default 4)")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="write the resumable checkpoint every N steps (default 500; 0: only at the end/on Ctrl-C)")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="continue from a checkpoint; auto: the one beside -o if it exists, else start afresh")
+    add_loss_options(p, style_weights=True)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+
+    from fastnst.train import TrainConfig, TrainingInterrupted, fit
+
+    weights = tuple(args.style_weight or ())
+    args.style_weight = weights[0] if len(weights) == 1 else None  # one value: LossSpec's; several: per style
+    config = TrainConfig(
+        style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
+        style_weights=weights if len(weights) > 1 else (), data=args.data, output=args.output, spec=args.spec,
+        loss=loss_spec(args),
+        image_size=args.image_size, style_size=args.style_size, batch_size=args.batch_size, lr=args.lr,
+        lr_decay=args.lr_decay, steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, device=args.device, workers=args.workers,
+        logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
+        sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
+        checkpoint_every=args.checkpoint_every, resume=args.resume)
+    try:
+        path = fit(config)
+    except TrainingInterrupted as exc:
+        print(f"fastnst train: {exc}", file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(f"wrote {path}")
+    return 0
