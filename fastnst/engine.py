@@ -91,7 +91,7 @@ class StylizeConfig:
     strength: float = 1.0
     preserve_color: bool = False
     workers: int = 2
-    streams: int = 1  # photos computed at once, one core each; see ``--streams``
+    streams: int | None = None  # photos computed at once, one core each; None: ``default_streams``
     shard: tuple[int, int] | None = None  # None: torchrun's RANK/WORLD_SIZE if set, else everything
     report: str | None = None
     style: str | None = None  # multi-style models: a style name or index; None: the first style
@@ -124,9 +124,9 @@ class StylizeConfig:
             raise ConfigError(f"--strength must be within 0..1 (1 = full style, 0 = the photo), got {self.strength}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if self.streams < 1:
+        if self.streams is not None and self.streams < 1:
             raise ConfigError(f"--streams must be at least 1, got {self.streams}")
-        if self.compile and self.streams > 1:
+        if self.compile and (self.streams or 1) > 1:
             raise ConfigError("--compile runs one photo at a time on all cores (compilation is not thread-safe); "
                               "drop --streams")
         if self.shard is not None:
@@ -335,3 +335,15 @@ def default_batch_size(stylizer: Stylizer) -> int:
     """Batch size when none is given: 1 on the CPU, ``DEFAULT_GPU_BATCH`` on accelerators."""
     return 1 if stylizer.device.type == "cpu" else DEFAULT_GPU_BATCH
 
+
+def default_streams(stylizer: Stylizer) -> int:
+    """Photos computed at once when ``--streams`` is not given.
+
+    OpenVINO on the CPU: one per core, as OpenVINO throughput streams (6.3
+    against 4.5 img/s for one photo on both cores at 481×321, 2 cores). Torch: 1
+    (with glibc keeping freed memory, one photo on all cores measured as fast as
+    one photo per core: 2.99 against 2.76 img/s). Everything else: 1.
+    """
+    if getattr(stylizer.backend, "name", "") == "openvino" and stylizer.device.type == "cpu":
+        return max(1, torch.get_num_threads())
+    return 1

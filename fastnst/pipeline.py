@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fastnst.engine import StylizeConfig, Stylizer, default_batch_size
+from fastnst.engine import StylizeConfig, Stylizer, default_batch_size, default_streams
 from fastnst.errors import FastNSTError, ImageError
 from fastnst.files import atomic_path
 from fastnst.images import open_image, resize_long_side, save_image
@@ -63,7 +63,11 @@ def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> St
         log.info("removed %d half-written file(s) left by an interrupted run", removed)
     report_path = _report_path(config.report, shard.index, shard.count)
     batch_size = config.batch_size or default_batch_size(stylizer)
-    streams = 1 if getattr(stylizer.backend, "compiled", False) else config.streams
+    streams = config.streams or default_streams(stylizer)
+    if getattr(stylizer.backend, "compiled", False):
+        streams = 1
+    if hasattr(stylizer.backend, "set_streams"):
+        stylizer.backend.set_streams(streams)
     show = sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
     total = len(found.failures) + len(found.jobs)
     with _Run(config, stylizer, batch_size, streams, report_path, show, total) as run:

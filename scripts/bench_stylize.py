@@ -50,7 +50,7 @@ from PIL import Image
 
 from fastnst.backends.torch import TorchBackend
 from fastnst.checkpoint import load_model, save_model
-from fastnst.engine import StylizeConfig, Stylizer
+from fastnst.engine import StylizeConfig, Stylizer, default_streams
 from fastnst.images import open_image, to_tensor, to_uint8
 from fastnst.models.transformer import macs_per_pixel
 from fastnst.pipeline import stylize_files
@@ -158,7 +158,7 @@ def bench_e2e(args: argparse.Namespace, model: Path, out: Path) -> dict:
     stylizer = Stylizer(model, device="cpu")  # the default backend: auto
     load_seconds = time.perf_counter() - start
     torch_stylizer = Stylizer(model, device="cpu", backend="torch")
-    streams = 1  # the engine's default
+    streams = default_streams(stylizer)  # the engine's default (set on the backend by stylize_files)
     chunks = [photos[i::args.chunks] for i in range(args.chunks)]
     for path in photos:
         path.read_bytes()  # every variant reads from the page cache

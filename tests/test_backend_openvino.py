@@ -255,3 +255,36 @@ def test_rain_princess_default_dtype_keeps_50_db_against_torch_fp32():
         image = load_image(path)[None]
         got, expected = ((b.run(image)[0].clamp(0, 1) * 255).round().numpy() for b in (backend, reference))
         assert psnr(got, expected) >= 50, (path.name, backend.dtype, psnr(got, expected))
+
+
+def test_streams_run_photos_as_openvino_throughput_streams(light, tmp_path, monkeypatch):
+    from fastnst.engine import StylizeConfig, Stylizer, default_streams
+    from fastnst.pipeline import stylize_files
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, size=(24 + 4 * i, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    stylizer = Stylizer(light["model"], backend="openvino", dtype="fp32")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert default_streams(stylizer) == 3  # one stream per core on the CPU
+    assert default_streams(Stylizer(light["net"], backend="torch")) == 1
+    outputs = {}
+    for streams in (1, 2):
+        out = tmp_path / str(streams)
+        config = StylizeConfig(model=str(light["model"]), inputs=(str(folder),), output_dir=str(out), streams=streams)
+        assert not stylize_files(config, stylizer).failed
+        assert stylizer.backend.streams == streams
+        outputs[streams] = {p.name: pixels_of(p) for p in sorted((tmp_path / str(streams)).rglob("*.png"))}
+    assert outputs[1].keys() == outputs[2].keys() and len(outputs[1]) == 4
+    for name, pixels in outputs[1].items():
+        assert np.abs(pixels - outputs[2][name]).max() <= 1
+        expected = to_uint8_image(light["net"], folder / name)
+        assert np.abs(pixels - expected).max() <= 1
+
+
+def to_uint8_image(net, path) -> np.ndarray:
+    x = torch.from_numpy(pixels_of(path)).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        return (net(x).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().int().numpy()

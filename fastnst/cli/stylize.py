@@ -79,9 +79,10 @@ def add_stylize(sub: argparse._SubParsersAction) -> None:
                         "passes) or from a downscaled copy (thumbnail: one small extra pass, a visibly "
                         "different tone)")
     g.add_argument("--workers", type=positive_int, default=2, help="decoding and encoding threads (default 2)")
-    g.add_argument("--streams", type=positive_int, default=1,
-                   help="CPU: photos stylized at once, one core each (default 1: one photo on all cores, "
-                        "measured as fast); tiled photos always run one at a time on all cores")
+    g.add_argument("--streams", type=positive_int,
+                   help="CPU: photos stylized at once, one core each (default: one per core with openvino, as "
+                        "its throughput streams; 1 with torch, where one photo on all cores is as fast); tiled "
+                        "photos always run one at a time on all cores")
     g.add_argument("--shard", type=_shard, metavar="I/N",
                    help="take share I of N (I from 0) of the inputs; under torchrun RANK/WORLD_SIZE are used")
     p.set_defaults(run=_run_stylize)
