@@ -34,6 +34,44 @@ def _no_downloads(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, restored afterwards (modules opt in with ``pytestmark``).
+
+    Tiny images gain nothing from a second thread, and on a loaded 2-core machine
+    OpenMP's waiting threads make every small operation many times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path, monkeypatch) -> Path:
+    """An existing folder nothing can be written into, even when the tests run as root.
+
+    Root ignores the 0o555 mode, so for root temporary files refused there the
+    way the kernel refuses everyone else (``atomic_path`` writes through ``mkstemp``).
+    """
+    import os
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:
+        real = tempfile.mkstemp
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == locked:
+                raise PermissionError(13, "Permission denied", str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    return locked
+
+
+@pytest.fixture
 def light_net() -> TransformerNet:
     torch.manual_seed(0)
     return TransformerNet(SPECS["light"]).eval()

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,14 +53,7 @@ class SpyBackend:
         return self.inner.norm_stats(batch)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny images gain nothing from a second thread, and on a loaded machine OpenMP's waiting threads
-    make every small operation many times slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the Python API -----------------------------------------------------------------------------
@@ -196,7 +187,7 @@ def test_library_with_every_kind_of_bad_file(tmp_path, model_file, light_net, ca
     assert (strip["status"], strip["width"], strip["height"], strip["tiles"]) == ("done", 1, 4000, 1)
 
 
-def test_unwritable_output_folder_fails_before_any_work(tmp_path, model_file, capsys, monkeypatch):
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, model_file, capsys, unwritable_folder):
     photo = corpus.make_rgb(tmp_path, "p.png")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the output folder should be")
@@ -205,18 +196,7 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, model_file, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastnst stylize: error: ") and "output folder cannot be written" in err
     assert len(err.splitlines()) == 1 and "missing-model" not in err  # checked before even loading the model
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anyway; refuse the way the kernel does for everyone else
-        real = tempfile.mkstemp
-
-        def refuse(*args, dir=None, **kwargs):
-            if dir is not None and Path(dir) == locked:
-                raise PermissionError(13, "Permission denied", str(dir))
-            return real(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    locked = unwritable_folder
     assert main(["stylize", "-m", str(model_file), str(photo), "-o", str(locked)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"fastnst stylize: error: {locked}: the output folder cannot be written (Permission denied); "

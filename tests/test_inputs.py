@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,25 +134,14 @@ def test_output_suffix():
     assert output_suffix(Path("a.png"), "webp") == ".webp"
 
 
-def test_output_folder_is_created_and_checked_before_any_work(tmp_path, monkeypatch):
+def test_output_folder_is_created_and_checked_before_any_work(tmp_path, unwritable_folder):
     assert prepare_output_dir(tmp_path / "new" / "out") == (tmp_path / "new" / "out").resolve()
     assert not list((tmp_path / "new" / "out").iterdir())  # the probe is gone
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(FastNSTError, match="output folder cannot be written"):
         prepare_output_dir(blocker / "out")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anyway; refuse the way the kernel does for everyone else
-        real = tempfile.mkstemp
-
-        def refuse(*args, dir=None, **kwargs):
-            if dir is not None and Path(dir) == locked:
-                raise PermissionError(13, "Permission denied", str(dir))
-            return real(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    locked = unwritable_folder
     with pytest.raises(FastNSTError, match=r"locked: the output folder cannot be written \(Permission denied\)"):
         prepare_output_dir(locked)
 

@@ -41,12 +41,7 @@ from conftest import gradient_image, random_vgg_state
 NAMES = ("starry", "wave", "mosaic")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def multi_net(num_styles: int = 3, seed: int = 0) -> TransformerNet:

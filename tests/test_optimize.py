@@ -22,15 +22,7 @@ from fastnst.score import blended_grams
 
 from conftest import SHARED, gradient_image, requires_shared
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny images gain nothing from a second thread, and on a loaded 2-core machine OpenMP's spinning
-    threads make each VGG pass ~30x slower; restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stripes(width: int, height: int, phase: int = 0) -> Image.Image:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from test_optimize import _one_thread, stripes  # noqa: F401 - the fixture applies to this module too
+from test_optimize import stripes
 
 from fastnst.cli import main
 from fastnst.errors import ConfigError, ImageError
@@ -17,6 +17,8 @@ from fastnst.pretrained import load_loss_network
 from fastnst.score import ScoreConfig, parse_blend, score_images
 
 from conftest import gradient_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

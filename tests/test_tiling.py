@@ -28,14 +28,7 @@ from fastnst.tiling import (
 
 from conftest import gradient_image, psnr
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from a second thread, and a loaded machine makes OpenMP's waits costly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("num_residual", [0, 2, 5])

@@ -39,6 +39,7 @@ from fastnst.device import DEVICE_CHOICES
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError
 from fastnst.models.transformer import NormStats, padded_size, style_weights
 from fastnst.onnx_format import INPUT_NAME, STYLE_INPUT, info_from_metadata
+from fastnst.tiling import region_moments
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,7 @@ class OnnxGraphBackend:
         feeds = {INPUT_NAME: self._to_graph(batch), **self._stats_feeds(known, batch.shape[0], partial=True),
                  **(self._style_feeds(batch.shape[0]) if index > 0 else {})}  # the first norm's input needs no style
         x = self._run(("region", index), feeds)[0]
-        factor = padded_size(batch.shape[-2]) // x.shape[-2]
-        y0, y1, x0, x1 = (v // factor for v in region)
-        values = torch.from_numpy(np.ascontiguousarray(x[..., y0:y1, x0:x1])).double()
-        return (values.sum(dim=(0, 2, 3)), values.square().sum(dim=(0, 2, 3)),
-                values.shape[0] * values.shape[2] * values.shape[3])
+        return region_moments(torch.from_numpy(x), region, padded_size(batch.shape[-2]))
 
     def _graph_proto(self, kind):
         """The ONNX graph of a kind: ``plain`` (the file's), ``stats``, ``fixed`` or ``("region", k)``."""

@@ -25,6 +25,7 @@ from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import keep_freed_memory, resolve_device
 from fastnst.errors import ConfigError
 from fastnst.models.transformer import NormStats, TransformerNet, fixed_norm, padded_size, style_weights
+from fastnst.tiling import region_moments
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -141,10 +142,6 @@ class _Probe:
             mean, var = self.known[self.index]
             self.index += 1
             return fixed_norm(norm, x, mean, var, self.style)
-        factor = self.full_height // x.shape[-2]
-        y0, y1, x0, x1 = (v // factor for v in self.region)
-        values = x[..., y0:y1, x0:x1].double()
-        self.result = (values.sum(dim=(0, 2, 3)), values.square().sum(dim=(0, 2, 3)),
-                       values.shape[0] * values.shape[2] * values.shape[3])
+        self.result = region_moments(x, self.region, self.full_height)
         raise _Measured
 

@@ -195,8 +195,8 @@ class _Norms:
     """Runs each InstanceNorm of one forward pass: normally, recording its statistics, or with fixed ones.
 
     Fixed statistics are what makes tiled stylization seamless: every tile of a
-    large photo is normalised with the statistics of the whole photo (measured
-    on a downscaled copy) instead of its own, so tiles do not differ in tone.
+    large photo is normalised with the statistics of the whole photo (see
+    ``fastnst.tiling``) instead of its own, so tiles do not differ in tone.
     ``style`` (B, N) feeds the conditional InstanceNorms of a multi-style network.
     """
 
