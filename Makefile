@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   – create .venv, install fastnst, run the offline demo
-#   make test   – create .venv, install fastnst[dev,openvino], lint and run the test suite
+#   make test   – create .venv, install fastnst[dev,openvino,demo], lint and run the test suite
 # torch==2.13.0 is installed first so pip takes the CPU wheel instead of pulling CUDA packages.
 
 PYTHON ?= python3
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.fastnst-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,demo]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,6 +12,8 @@ string metadata holds JSON:
 ``styles``         list of style names, one per style the network carries (in
                    the order of the norms' rows for a multi-style network)
 ``config``         the training configuration (``asdict(TrainConfig)``) or ``{}``
+``thumbnails``     optional: one small base64 JPEG per style, of its style image
+                   (``fastnst.images.encode_thumbnail``), for contact sheets
 ``value_range``    ``"0-1"``: input and output range of the network
 ``fastnst_version`` the package version that wrote the file
 =================  ==========================================================
@@ -61,9 +63,11 @@ class ModelInfo:
     fastnst_version: str = __version__
     format_version: int = FORMAT_VERSION
     source: str = "fastnst"  # or "pytorch-examples" for a converted legacy file
+    thumbnails: tuple[str, ...] = ()  # base64 JPEGs of the style images, one per style, or none
 
     def to_metadata(self) -> dict[str, str]:
-        return {
+        thumbnails = {"thumbnails": json.dumps(list(self.thumbnails))} if self.thumbnails else {}
+        return {**thumbnails,
             "format": FORMAT,
             "format_version": str(self.format_version),
             "spec": json.dumps(self.spec.to_dict()),
@@ -75,20 +79,26 @@ class ModelInfo:
 
 
 def save_model(path: str | Path, model: TransformerNet, styles: list[str] | tuple[str, ...] = (),
-               config: dict | None = None, half: bool = False) -> Path:
-    """Write ``model`` as a fastnst model file, atomically. ``half`` stores fp16 weights (half the size)."""
-    from safetensors.torch import save_file
+               config: dict | None = None, half: bool = False, thumbnails: tuple[str, ...] = ()) -> Path:
+    """Write ``model`` as a fastnst model file, atomically. ``half`` stores fp16 weights (half the size).
+
+    ``thumbnails``: none, or one ``encode_thumbnail`` text per style the network carries.
+    """
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"{path}: model files end in .safetensors")
     if styles and len(styles) != model.spec.num_styles:
         raise ConfigError(f"{path}: {len(styles)} style name(s) for a network carrying {model.spec.num_styles}")
-    info = ModelInfo(spec=model.spec, styles=tuple(styles), config=dict(config or {}))
+    if thumbnails and len(thumbnails) != model.spec.num_styles:
+        raise ConfigError(f"{path}: {len(thumbnails)} thumbnail(s) for a network carrying {model.spec.num_styles}")
+    info = ModelInfo(spec=model.spec, styles=tuple(styles), config=dict(config or {}), thumbnails=tuple(thumbnails))
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=info.to_metadata())
+        # Bytes into our temporary file: safetensors' own save_file would create it anew with mode 0600.
+        tmp.write_bytes(save(tensors, metadata=info.to_metadata()))
     return path
 
 
@@ -130,10 +140,14 @@ def convert_model(config: ConvertConfig) -> Path:
                        for name in (info.styles if len(info.styles) == net.spec.num_styles else
                                     [f"{Path(path).stem}{i}" for i in range(net.spec.num_styles)]))
         extra = {"merged_from": [Path(p).name for p in config.merge]}
+        thumbnails = sum((info.thumbnails for _, info in loaded), ())
+        if not all(info.thumbnails for _, info in loaded):
+            thumbnails = ()  # all or nothing: one per style
     else:
         model, info = load_model(config.source)
         styles, extra = info.styles, {**info.config, "converted_from": Path(config.source).name,
                                       "source_format": info.source}
+        thumbnails = info.thumbnails
     if config.style_name:
         names = (config.style_name,) if isinstance(config.style_name, str) else config.style_name
         if len(names) != model.spec.num_styles:
@@ -141,7 +155,7 @@ def convert_model(config: ConvertConfig) -> Path:
                               "style(s): give one per style, in order")
         styles = names
     check_unique(styles)
-    return save_model(config.output, model, styles=styles, config=extra, half=config.half)
+    return save_model(config.output, model, styles=styles, config=extra, half=config.half, thumbnails=thumbnails)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TransformerNet, ModelInfo]:
@@ -192,6 +206,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
             config=json.loads(meta.get("config", "{}")),
             fastnst_version=meta.get("fastnst_version", "unknown"),
             format_version=version,
+            thumbnails=tuple(json.loads(meta.get("thumbnails", "[]"))),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(path, f"corrupt fastnst metadata ({_reason(exc)})") from None

@@ -44,6 +44,23 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """A human name for ``device``, recorded in model files: the GPU's name, or the CPU's model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        name = "CPU"
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+                name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                            name)
+        except OSError:
+            pass
+        threads = torch.get_num_threads()
+        return f"{name}, {threads} thread{'s' if threads != 1 else ''}"
+    return str(device)
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of handing it back to the OS (Linux).
 

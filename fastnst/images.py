@@ -11,7 +11,10 @@ Tensors are (3, H, W) or (B, 3, H, W) float RGB in 0–1, the package's range.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -186,6 +189,27 @@ def save_image(image: Image.Image | torch.Tensor, path: str | Path, quality: int
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **options)
     return path
+
+
+def encode_thumbnail(path: str | Path, side: int = 128) -> str:
+    """A small JPEG of the image at ``path`` (long side ``side``), base64 text for a model file's metadata.
+
+    Model files carry one per style so that a contact sheet or a gallery can show
+    what each style looks like without the style image (about 6 KB each).
+    """
+    image = resize_long_side(open_image(path), side)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, subsampling=0, optimize=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_thumbnail(data: str, what: str = "thumbnail") -> torch.Tensor:
+    """The (3, h, w) 0–1 image of ``encode_thumbnail``'s text; ``ImageError`` naming ``what`` if it is corrupt."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as img:
+            return to_tensor(img.convert("RGB"))
+    except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as exc:
+        raise ImageError(what, f"corrupt thumbnail ({_first_line(exc)})") from None
 
 
 def is_image_file(path: str | Path) -> bool:

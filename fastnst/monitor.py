@@ -62,6 +62,7 @@ class Monitor:
             self.writer = SummaryWriter(logdir)
         self._sums = dict.fromkeys(LOSSES, 0.0)
         self._steps, self._since = 0, time.perf_counter()
+        self.last_means: dict[str, float] = {}  # the losses of the last logged window, for the model file
 
     def after_step(self, step: int, metrics: dict[str, float]) -> None:
         """Record one finished step (``metrics``: the losses and ``lr``); log and sample when due."""
@@ -80,6 +81,7 @@ class Monitor:
 
     def _log(self, step: int, means: dict[str, float], lr: float) -> None:
         images_per_s = self.images_per_step * self._steps / (time.perf_counter() - self._since)
+        self.last_means = dict(means)
         self._sums = dict.fromkeys(LOSSES, 0.0)
         self._steps, self._since = 0, time.perf_counter()
         self.bar.set_postfix(loss=f"{means['total']:.4g}", content=f"{means['content']:.3g}",

@@ -23,6 +23,10 @@ exactly where it stopped (``EpochBatchSampler`` rebuilds the data order from the
 seed and the epoch). A non-finite loss stops the run before it can poison the
 weights, naming the step and the last good checkpoint.
 
+The model file carries the whole config and what the run measured: held-out
+photos, steps done, the last logged window's mean losses, the training time
+(summed over resumed runs) and the hardware.
+
 Scale-out: started by ``torchrun --nproc_per_node N`` the same loop runs
 DistributedDataParallel (gloo on CPU, NCCL on CUDA): every rank draws its own
 shard of each epoch, ``batch_size`` is per rank, and rank 0 alone writes
@@ -34,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -42,11 +47,12 @@ from pathlib import Path
 import torch
 
 from fastnst import distributed, rng
-from fastnst.checkpoint import load_training_state, save_model, save_training_state
+from fastnst.checkpoint import load_training_state, read_info, save_model, save_training_state
 from fastnst.data import EpochBatchSampler, PhotoDataset, find_images, make_loader, split_holdout, start_epoch
-from fastnst.device import DEVICE_CHOICES, keep_freed_memory
+from fastnst.device import DEVICE_CHOICES, describe_device, keep_freed_memory
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError
 from fastnst.files import TEMP_MARKER
+from fastnst.images import encode_thumbnail
 from fastnst.losses import LossSpec, content_targets, perceptual_losses
 from fastnst.models.transformer import TransformerSpec, get_spec
 from fastnst.models.vgg import VGGFeatures
@@ -161,6 +167,16 @@ class TrainingDiverged(FastNSTError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
 
+def _thumbnails(config: TrainConfig) -> tuple[str, ...]:
+    """One thumbnail per style of the model: the ``init`` model's own (if it has them), then the style images'."""
+    old = ()
+    if config.init is not None:
+        old = read_info(config.init).thumbnails
+        if not old:
+            return ()
+    return (*old, *(encode_thumbnail(path) for path in config.style))
+
+
 def checkpoint_path(output: str | Path) -> Path:
     """Where the resumable checkpoint of a run writing ``output`` goes: ``MODEL.ckpt.pt`` beside it."""
     output = Path(output)
@@ -223,6 +239,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
         # ---- resume ---------------------------------------------------------------------------
         step = epoch = batch_in_epoch = 0
         last_good = None
+        seconds_before = 0.0  # training time of the runs this one resumes
         if state is not None:
             _check_resumable(state, config, resume_from, model.spec)
             model.load_state_dict(state["model"])
@@ -231,6 +248,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
             scaler.load_state_dict(state["scaler"])
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             rng.set_rng_state(state["rng"])
+            seconds_before = float(state.get("train_seconds", 0.0))
             last_good = resume_from
             log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, batch_in_epoch)
             _remove_stale_temporaries(ckpt_path, Path(config.output))
@@ -250,7 +268,11 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng.rng_state(),
                 "config": json.dumps(asdict(config), default=str), "spec": model.spec.to_dict(),
+                "train_seconds": train_seconds(),
             })
+
+        def train_seconds() -> float:
+            return seconds_before + time.perf_counter() - loop_start
 
         @torch.no_grad()
         def stylize_samples(photos: torch.Tensor) -> torch.Tensor:
@@ -268,6 +290,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
 
         # ---- the loop -------------------------------------------------------------------------
         model.train()
+        loop_start = time.perf_counter()
         with distributed.StopRequests() as stop:
             while step < total_steps:
                 start_epoch(loader, epoch, batch_in_epoch)
@@ -323,8 +346,11 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
         # ---- the model file ---------------------------------------------------------------------
         if main:
             save_checkpoint()  # lets `--resume auto --steps MORE` carry on from here
-            save_model(config.output, model, styles=names,
-                       config={**asdict(config), "held_out": [str(p) for p in sample_paths], "steps_done": step})
+            record = {"held_out": [str(p) for p in sample_paths], "steps_done": step,
+                      "train_seconds": round(train_seconds(), 3), "final_losses": monitor.last_means or None,
+                      "hardware": describe_device(device) + (f" x{world} processes" if world > 1 else "")}
+            save_model(config.output, model, styles=names, config={**asdict(config), **record},
+                       thumbnails=_thumbnails(config))
             log.info("wrote %s after %d steps", config.output, step)
         distributed.barrier(world)
         return Path(config.output)

@@ -1,50 +1,154 @@
-"""Offline demo: convert the official pytorch/examples rain_princess model and stylize a photo with it.
+"""Offline demo: every bundled style on a public-domain photo, and a contact sheet of the results.
 
-Run by ``make demo``. It uses the real model and photo from ../shared (beside the checkout),
-runs the same two commands a user would (``fastnst convert`` then ``fastnst stylize``) and
-reports how closely the result matches pytorch/examples' own output.
+Run by ``make demo`` on a fresh machine, with nothing but the checkout: it stylizes
+Grace Hopper's portrait (a US Navy photograph in the public domain, shipped in
+matplotlib's wheel as ``mpl-data/sample_data/grace_hopper.jpg``; ``make demo``
+installs matplotlib with the ``demo`` extra) with each model in ``checkpoints/``
+through the same command a user runs (``fastnst stylize``), then writes
+``demo-output/contact_sheet.jpg``: the photo, and for each style its painting's
+thumbnail (carried in the model file) above the stylized photo.
+
+When the project's data folder ``../shared`` is beside the checkout it also
+checks the converted pytorch/examples ``rain_princess`` model against that
+project's own output (PSNR; a faithful implementation reaches about 28 dB).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
+from fastnst.checkpoint import read_info
 from fastnst.cli import main
+from fastnst.images import decode_thumbnail, load_image, save_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 OUT = REPO / "demo-output"
+LABEL_HEIGHT = 22
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
+def sample_photo() -> Path | None:
+    """matplotlib's copy of Grace Hopper's portrait (512x600), found without importing matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    return path if path.is_file() else None
 
 
-def run() -> int:
-    legacy = SHARED / "models" / "rain_princess.pth"
-    photo = SHARED / "content" / "amber.jpg"
+def bundled_styles(folder: Path) -> list[tuple[Path, str | None, str]]:
+    """(model file, --style value or None, label) for every style of every model file in ``folder``."""
+    found = []
+    for model in sorted(folder.glob("*.safetensors")):
+        styles = read_info(model).styles
+        if len(styles) > 1:
+            found += [(model, name, f"{model.stem}: {name}") for name in styles]
+        else:
+            found.append((model, None, model.stem))
+    return found
+
+
+def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(3, h, w) scaled to fit ``width`` x ``height`` and centred on white."""
+    scale = min(width / image.shape[2], height / image.shape[1])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[2] * scale)))
+    resized = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    canvas = torch.ones(3, height, width)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    canvas[:, top:top + size[0], left:left + size[1]] = resized.clamp(0, 1)
+    return canvas
+
+
+def contact_sheet(photo: torch.Tensor, columns: list[tuple[str, torch.Tensor | None, torch.Tensor]],
+                  cell: int = 256, gap: int = 6) -> Image.Image:
+    """The photo, then per style a column: label, style thumbnail (above), stylized photo (below).
+
+    ``photo`` and the results are (3, H, W) 0–1; a missing thumbnail leaves its cell white.
+    """
+    height = round(cell * photo.shape[1] / photo.shape[2])
+    thumb_height = cell * 2 // 3
+    n = len(columns) + 1
+    sheet = Image.new("RGB", (n * cell + (n + 1) * gap, LABEL_HEIGHT + thumb_height + height + 3 * gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    top = LABEL_HEIGHT + thumb_height + 2 * gap
+    sheet.paste(_pil(_fit(photo, cell, height)), (gap, top))
+    draw.text((gap, 4), "photo", fill="black")
+    for i, (label, thumbnail, result) in enumerate(columns, start=1):
+        left = gap + i * (cell + gap)
+        draw.text((left, 4), label, fill="black")
+        if thumbnail is not None:
+            sheet.paste(_pil(_fit(thumbnail, cell, thumb_height)), (left, LABEL_HEIGHT + gap))
+        sheet.paste(_pil(_fit(result, cell, height)), (left, top))
+    return sheet
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def stylize_all(photo: Path, models: Path, out: Path) -> list[tuple[str, torch.Tensor | None, torch.Tensor]] | None:
+    """Run ``fastnst stylize`` for every bundled style; the contact sheet's columns, or None on a failure."""
+    columns = []
+    for model, style, label in bundled_styles(models):
+        folder = out / (model.stem if style is None else f"{model.stem}-{style}")
+        argv = ["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite"]
+        if style is not None:
+            argv += ["--style", style]
+        print(f"$ fastnst {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        if main(argv) != 0:
+            return None
+        print(f"  {time.perf_counter() - start:.1f} s", flush=True)
+        info = read_info(model)
+        index = info.styles.index(style) if style is not None else 0
+        thumbnail = decode_thumbnail(info.thumbnails[index], str(model)) if info.thumbnails else None
+        columns.append((label, thumbnail, load_image(folder / photo.name)))
+    return columns
+
+
+def rain_princess_check() -> None:
+    """The converted pytorch/examples model against its project's output, when ../shared is there."""
+    legacy, photo = SHARED / "models" / "rain_princess.pth", SHARED / "content" / "amber.jpg"
     if not legacy.is_file() or not photo.is_file():
-        print(f"demo: needs {legacy} and {photo} (the ../shared data folder beside the checkout)", file=sys.stderr)
-        return 1
+        return
     model = OUT / "rain_princess.safetensors"
     print(f"$ fastnst convert {legacy} -o {model}")
     if main(["convert", str(legacy), "-o", str(model)]) != 0:
+        return
+    folder = OUT / "rain_princess"
+    if main(["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite"]) != 0:
+        return
+    result = np.asarray(Image.open(folder / photo.name).convert("RGB"), np.float64)
+    reference = np.asarray(Image.open(SHARED / "reference" / "amber-rain-princess.jpg").convert("RGB"), np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.mean((result - reference) ** 2))
+    print(f"rain_princess (pytorch/examples, converted) on {photo.name}: PSNR against that project's own "
+          f"output {psnr:.2f} dB")
+
+
+def run(models: Path = REPO / "checkpoints", out: Path = OUT) -> int:
+    photo = sample_photo()
+    if photo is None:
+        print("demo: needs matplotlib's sample photo grace_hopper.jpg: pip install matplotlib "
+              "(make demo installs it)", file=sys.stderr)
         return 1
-    print(f"$ fastnst stylize -m {model} {photo} -o {OUT} --overwrite")
-    start = time.perf_counter()
-    if main(["stylize", "-m", str(model), str(photo), "-o", str(OUT), "--overwrite"]) != 0:
+    if not bundled_styles(models):
+        print(f"demo: no model files in {models}", file=sys.stderr)
         return 1
-    seconds = time.perf_counter() - start
-    result = np.asarray(Image.open(OUT / photo.name).convert("RGB"))
-    reference = np.asarray(Image.open(SHARED / "reference" / "amber-rain-princess.jpg").convert("RGB"))
-    print(f"stylized {photo.name} ({result.shape[1]}x{result.shape[0]}) in {seconds:.1f} s -> {OUT / photo.name}")
-    print(f"PSNR against pytorch/examples' official output: {psnr(result, reference):.2f} dB")
+    columns = stylize_all(photo, models, out)
+    if columns is None:
+        return 1
+    sheet = save_image(contact_sheet(load_image(photo), columns), out / "contact_sheet.jpg", quality=90)
+    print(f"wrote {sheet}: {photo.name} and {len(columns)} style(s) ({', '.join(c[0] for c in columns)})")
+    if models == REPO / "checkpoints":
+        rain_princess_check()
     return 0
 
 

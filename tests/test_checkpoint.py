@@ -7,15 +7,22 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
-from fastnst.checkpoint import FORMAT_VERSION, load_model, read_info, save_model
-from fastnst.errors import ConfigError, ModelFileError
+from fastnst.checkpoint import FORMAT_VERSION, ConvertConfig, convert_model, load_model, read_info, save_model
+from fastnst.cli import main
+from fastnst.errors import ConfigError, ImageError, ModelFileError
 from fastnst.files import TEMP_MARKER
+from fastnst.images import decode_thumbnail, encode_thumbnail, to_uint8
 from fastnst.models.transformer import SPECS, TransformerNet
+
+from conftest import gradient_image, psnr
 
 
 def test_round_trip_rebuilds_the_network_from_the_file_alone(model_file, light_net):
@@ -43,18 +50,22 @@ def test_metadata_is_readable_without_the_network(model_file):
     assert read_info(model_file).styles == ("test-style",)
 
 
+def test_model_files_get_ordinary_permissions(model_file):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert model_file.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, like any new file
+
+
 def test_writes_are_atomic_and_leave_nothing_behind_on_failure(tmp_path, light_net, monkeypatch):
     path = save_model(tmp_path / "m.safetensors", light_net, styles=["first"])
     original = path.read_bytes()
 
-    import safetensors.torch
-
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def broken(self, data):  # the disk fills up half-way through the write
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(Path, "write_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
         save_model(path, light_net, styles=["second"])
     assert path.read_bytes() == original
@@ -142,3 +153,24 @@ def test_foreign_and_future_files(tmp_path):
         load_model(future)
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def test_style_thumbnails_travel_in_the_file_and_through_convert(tmp_path, light_net, capsys):
+    style = tmp_path / "painting.png"
+    gradient_image(300, 200, seed=3).save(style)
+    thumbnail = encode_thumbnail(style)
+    path = save_model(tmp_path / "t.safetensors", light_net, styles=["painting"], thumbnails=(thumbnail,))
+    assert read_info(path).thumbnails == (thumbnail,)
+    image = decode_thumbnail(thumbnail)
+    assert image.shape == (3, 85, 128)  # long side 128, aspect kept
+    expected = np.asarray(Image.open(style).resize((128, 85), Image.Resampling.LANCZOS))
+    assert psnr(to_uint8(image).permute(1, 2, 0).numpy(), expected) > 30
+    half = convert_model(ConvertConfig(source=str(path), output=str(tmp_path / "h.safetensors"), half=True))
+    assert read_info(half).thumbnails == (thumbnail,)
+    assert main(["info", "--json", str(half)]) == 0
+    assert json.loads(capsys.readouterr().out)["thumbnails"] == [[128, 85]]
+    assert read_info(save_model(tmp_path / "none.safetensors", light_net)).thumbnails == ()
+    with pytest.raises(ConfigError, match="2 thumbnail"):
+        save_model(tmp_path / "two.safetensors", light_net, thumbnails=(thumbnail, thumbnail))
+    with pytest.raises(ImageError, match="t.safetensors: thumbnail 0: corrupt thumbnail"):
+        decode_thumbnail("bm90IGEgSlBFRw==", "t.safetensors: thumbnail 0")

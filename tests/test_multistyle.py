@@ -18,10 +18,11 @@ from PIL import Image
 from torch import nn
 
 from fastnst.backends.torch import TorchBackend
-from fastnst.checkpoint import ConvertConfig, ModelInfo, convert_model, load_model, save_model
+from fastnst.checkpoint import ConvertConfig, ModelInfo, convert_model, load_model, read_info, save_model
 from fastnst.cli import main
 from fastnst.engine import Stylizer
 from fastnst.errors import ConfigError
+from fastnst.images import decode_thumbnail, to_uint8
 from fastnst.losses import LossSpec, content_targets, perceptual_losses
 from fastnst.models.transformer import SPECS, ConditionalInstanceNorm, TransformerNet
 from fastnst.models.vgg import VGGFeatures
@@ -36,7 +37,7 @@ from fastnst.styles import (
 )
 from fastnst.train import TrainConfig, fit
 
-from conftest import gradient_image, random_vgg_state
+from conftest import gradient_image, psnr, random_vgg_state
 
 NAMES = ("starry", "wave", "mosaic")
 
@@ -390,6 +391,14 @@ def test_cli_merge_of_a_model_and_its_extension(setup, capsys):
                  "d"]) == 0
     merged, info = load_model(out)
     assert info.styles == ("a", "b", "c", "d")
+    # Thumbnails follow the styles: the extension kept its base's and added its own; merging concatenates.
+    assert read_info(grown).thumbnails[:1] == read_info(base).thumbnails
+    assert info.thumbnails == read_info(base).thumbnails + read_info(grown).thumbnails
+    images = [np.asarray(Image.open(style).convert("RGB")) for style in setup["styles"]]  # small: kept as they are
+    for i, thumbnail in enumerate(info.thumbnails[1:]):
+        decoded = to_uint8(decode_thumbnail(thumbnail)).permute(1, 2, 0).numpy()
+        scores = [psnr(decoded, image) for image in images]
+        assert scores[i] > 27 and max(scores[:i] + scores[i + 1:]) < 15  # JPEG of a noisy picture, and the right one
     one, _ = load_model(base)
     two, _ = load_model(grown)
     x = photos(1)

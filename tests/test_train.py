@@ -295,6 +295,10 @@ def test_cli_train_writes_a_model_with_its_config_logs_and_samples(setup, capsys
     for tag in ("loss/content", "loss/style", "loss/tv", "loss/total", "lr", "images_per_s"):
         assert [s for s, _ in scalars[tag]] == [2, 4], tag
         assert all(np.isfinite(v) and v > 0 for _, v in scalars[tag]), tag
+    # What the run measured: the last logged window's losses (as TensorBoard got them), time, hardware.
+    for name in ("content", "style", "tv", "total"):
+        assert config["final_losses"][name] == pytest.approx(scalars[f"loss/{name}"][-1][1], rel=1e-6), name
+    assert config["train_seconds"] > 0 and config["hardware"].endswith(("1 thread", "threads"))
     # One readable sample photo: a 32 x 64 grid (photo above its stylization), at step 3 and at the end.
     assert scalars["images"] == [(3, 32, 64), (4, 32, 64)]
 
@@ -305,9 +309,12 @@ def test_cli_resume_auto_continues_and_extends_a_finished_run(setup, capsys):
             "--spec", "light", "--image-size", "32", "--batch-size", "2", "--workers", "0",
             "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2", "--resume", "auto"]
     assert main([*base, "--steps", "2"]) == 0  # auto with no checkpoint yet: a fresh start
+    first = load_model(out)[1].config
     assert main([*base, "--steps", "5"]) == 0
     assert load_training_state(checkpoint_path(out))["step"] == 5
-    assert load_model(out)[1].config["steps_done"] == 5
+    config = load_model(out)[1].config
+    assert config["steps_done"] == 5
+    assert config["train_seconds"] > first["train_seconds"] > 0  # the time of both runs
 
 
 @pytest.mark.parametrize("extra, code, message", [

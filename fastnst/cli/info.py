@@ -47,6 +47,7 @@ def _backends_summary() -> dict:
 
 def _run_info(args: argparse.Namespace) -> int:
     from fastnst.checkpoint import load_model
+    from fastnst.images import decode_thumbnail
     from fastnst.models.transformer import macs_per_pixel
 
     if args.backends:
@@ -82,6 +83,8 @@ def _run_info(args: argparse.Namespace) -> int:
         "macs_per_pixel": macs_per_pixel(info.spec),
         "value_range": "0-1",
         "styles": list(info.styles),
+        "thumbnails": [list(decode_thumbnail(t, f"{args.model}: thumbnail {i}").shape[:0:-1])
+                       for i, t in enumerate(info.thumbnails)],
         "config": info.config,
     }
     if args.json:
@@ -92,6 +95,8 @@ def _run_info(args: argparse.Namespace) -> int:
             continue
         if key == "styles":
             value = f"{len(value)}: " + ", ".join(f"{i}={n}" for i, n in enumerate(value)) if value else "(unnamed)"
+        if key == "thumbnails":
+            value = ", ".join(f"{w}x{h}" for w, h in value) or "none"
         print(f"{key:16} {value:,}" if isinstance(value, int) else f"{key:16} {value}")
     if info.config:
         print("config")

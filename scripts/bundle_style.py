@@ -1,0 +1,165 @@
+"""Turn a model trained by ``fastnst train`` into a bundled style: ``checkpoints/<name>.safetensors`` + its card.
+
+    python scripts/bundle_style.py runs/starry_night.safetensors            # name from the style image
+    python scripts/bundle_style.py runs/wave.safetensors --quality runs/quality.json
+
+The bundled file stores fp16 weights (3.4 MB instead of 6.7 MB for the default
+network; they load as fp32) and one thumbnail of each style image, which the
+demo's contact sheet and the gallery show (added here when the trained file
+has none). The card ``checkpoints/<name>.md`` is written from what the model
+file records: the painting (``PAINTINGS``), the training data, the exact command,
+steps, time, hardware and final losses. ``--quality`` adds the quality-bar
+figures that ``scripts/eval_bundled.py`` wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastnst.checkpoint import load_model, save_model
+from fastnst.files import atomic_path
+from fastnst.images import encode_thumbnail
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Painting, painter (life), year: all in the public domain (their painters died long ago).
+PAINTINGS = {
+    "starry_night": ("The Starry Night", "Vincent van Gogh (1853–1890)", "1889"),
+    "wave": ("The Great Wave off Kanagawa", "Katsushika Hokusai (1760–1849)", "c. 1831"),
+    "the_scream": ("The Scream", "Edvard Munch (1863–1944)", "1893"),
+    "composition_vii": ("Composition VII", "Wassily Kandinsky (1866–1944)", "1913"),
+    "the_shipwreck_of_the_minotaur": ("The Shipwreck of the Minotaur", "J. M. W. Turner (1775–1851)", "c. 1810"),
+}
+
+
+def _show(path: str) -> str:
+    """``path`` as seen from the repository root when it is in the data folder beside it (``../shared/...``)."""
+    try:
+        return str(Path("..") / "shared" / Path(path).resolve().relative_to((REPO.parent / "shared").resolve()))
+    except ValueError:
+        return path
+
+
+def _layers(layers: dict[str, float]) -> str:
+    return ",".join(f"{name}:{w:g}" if w != 1 else name for name, w in layers.items())
+
+
+def command_line(config: dict, name: str) -> str:
+    """The ``fastnst train`` command that reproduces the run, writing ``<name>.safetensors``."""
+    loss = config["loss"]
+    parts = ["fastnst train --style", *map(_show, config["style"]), "--data", _show(config["data"]),
+             "-o", f"{name}.safetensors",
+             "--image-size", str(config["image_size"]), "--batch-size", str(config["batch_size"]),
+             "--steps", str(config["steps_done"]), "--lr", f"{config['lr']:g}", "--seed", str(config["seed"]),
+             "--holdout", str(config["holdout"]), "--vgg", loss["vgg"], "--vgg-weights", _show(loss["vgg_weights"]),
+             "--vgg-flavour", loss["vgg_flavour"], "--style-layers", _layers(loss["style_layers"]),
+             "--content-layers", _layers(loss["content_layers"]), "--content-weight", f"{loss['content_weight']:g}",
+             "--style-weight", f"{loss['style_weight']:g}", "--tv-weight", f"{loss['tv_weight']:g}"]
+    for option, key, default in (("--spec", "spec", "johnson"), ("--lr-decay", "lr_decay", "none"),
+                                 ("--amp", "amp", "none"), ("--style-size", "style_size", None)):
+        if config.get(key, default) != default:
+            parts += [option, str(config[key])]
+    return " ".join(parts)
+
+
+def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train_seconds: float | None,
+         quality: dict | None, remark: str | None = None) -> str:
+    paintings = []
+    for path in config["style"]:
+        title, painter, year = PAINTINGS.get(Path(path).stem, (Path(path).stem, "unknown painter", "unknown year"))
+        paintings.append(f"*{title}*, {painter}, {year} (`{Path(path).name}`)")
+    losses = config.get("final_losses") or {}
+    schedule = "constant" if config["lr_decay"] == "none" else f"{config['lr_decay']} decay"
+    hours = f"{train_seconds / 3600:.2f} h ({train_seconds:,.0f} s)" if train_seconds else "not recorded"
+    lines = [
+        f"# {name}",
+        "",
+        f"**Style{'s' if len(paintings) > 1 else ''}:** {'; '.join(paintings)}; public domain. Style images "
+        f"from `../shared/data/style` (not shipped), long side {config.get('style_size') or 'as is'} px for the "
+        "style targets.",
+        "",
+        f"**File:** `checkpoints/{name}.safetensors`, {size_mb:.1f} MB, fp16 weights (load as fp32), "
+        f"network `{config['spec']}`, style{'s' if len(styles) > 1 else ''} {', '.join(styles)}, with a "
+        "thumbnail of each style image.",
+        "",
+        "## Training",
+        "",
+        f"- Data: `{_show(config['data'])}`, real photographs (100 BSDS500 val, 100 ImageNet samples, 6 others); "
+        f"{len(config.get('held_out') or [])} held out for evaluation, the rest trained on; short side resized "
+        f"to {config['image_size']} px and centre-cropped, batch {config['batch_size']}, a fresh shuffle each epoch.",
+        f"- Loss network: {config['loss']['vgg'].upper()}, weights `{Path(config['loss']['vgg_weights']).name}` "
+        f"(flavour {config['loss']['vgg_flavour']}); style "
+        f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "
+        f"weights content {config['loss']['content_weight']:g}, style {config['loss']['style_weight']:g}, "
+        f"TV {config['loss']['tv_weight']:g}.",
+        f"- Optimiser: Adam, lr {config['lr']:g} ({schedule}), seed {config['seed']}, "
+        f"autocast {config['amp']}.",
+        f"- Steps: {config['steps_done']:,} ({config['steps_done'] * config['batch_size']:,} images).",
+        f"- Time: {hours} on {config.get('hardware') or 'the CPU machine (2 cores) of the project'}.",
+        "- Final losses (mean of the last logged window): " + (", ".join(
+            f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
+        *([f"- {remark}"] if remark else []),
+        "",
+        "```bash",
+        command_line(config, name),
+        "```",
+    ]
+    if quality:
+        lines += [
+            "",
+            "## Quality bar",
+            "",
+            f"On {quality['photos']} held-out photos at {quality['size']} px, the same loss network and weights "
+            "(`scripts/eval_bundled.py`; median per photo):",
+            "",
+            "| | style loss | content loss | seconds per photo |",
+            "|---|---|---|---|",
+            f"| this model | {quality['model_style']:.4g} | {quality['model_content']:.4g} | "
+            f"{quality['model_seconds']:.3f} |",
+            f"| `fastnst optimize`, {quality['iterations']} L-BFGS iterations | {quality['lbfgs_style']:.4g} | "
+            f"{quality['lbfgs_content']:.4g} | {quality['lbfgs_seconds']:.1f} |",
+            "",
+            f"Style loss ratio model / L-BFGS {quality['model_style'] / quality['lbfgs_style']:.2f} (target <= 1; "
+            f"the model is lower on {quality['model_wins']} of {quality['photos']} photos); time ratio "
+            f"{quality['model_seconds'] / quality['lbfgs_seconds']:.5f} (target < 0.01). Model: one torch fp32 "
+            "forward pass, timed after a warm-up; L-BFGS: `fastnst optimize --iterations 100` (100 loss "
+            "evaluations) from the photo.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a model file written by fastnst train")
+    parser.add_argument("--name", help="bundled name (default: the style image's file stem)")
+    parser.add_argument("--out", type=Path, default=REPO / "checkpoints", help="folder (default checkpoints/)")
+    parser.add_argument("--quality", type=Path, help="JSON written by scripts/eval_bundled.py")
+    parser.add_argument("--remark", help="a line for the card's training section (e.g. what else ran beside it)")
+    args = parser.parse_args(argv)
+
+    model, info = load_model(args.model)
+    config = info.config
+    if "steps_done" not in config:
+        print(f"{args.model}: not a model written by fastnst train (no training config)", file=sys.stderr)
+        return 1
+    name = args.name or Path(config["style"][0]).stem
+    thumbnails = info.thumbnails or tuple(encode_thumbnail(path) for path in config["style"])
+    path = save_model(args.out / f"{name}.safetensors", model, styles=info.styles, config=config, half=True,
+                      thumbnails=thumbnails)
+    quality = None
+    if args.quality:
+        quality = json.loads(args.quality.read_text()).get(name)
+    seconds = config.get("train_seconds")
+    card_path = args.out / f"{name}.md"
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(card(name, config, info.styles, path.stat().st_size / 1e6, seconds, quality,
+                                  args.remark))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {card_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The offline demo, the gallery and the bundling of trained styles (scripts/demo.py, make_gallery.py,
+bundle_style.py), with tiny models; and the bundled models in checkpoints/ themselves."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from fastnst.checkpoint import load_model, read_info, save_model
+from fastnst.cli import main
+from fastnst.images import decode_thumbnail, encode_thumbnail, load_image, to_tensor, to_uint8
+from fastnst.losses import LossSpec
+from fastnst.models.transformer import SPECS, TransformerNet
+from fastnst.train import TrainConfig, fit
+
+from conftest import REPO, gradient_image, psnr
+
+sys.path.insert(0, str(REPO / "scripts"))
+import bundle_style  # noqa: E402
+import demo  # noqa: E402
+import make_gallery  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BUNDLED = sorted((REPO / "checkpoints").glob("*.safetensors"))
+
+
+@pytest.fixture
+def models(tmp_path):
+    """A folder with a one-style and a two-style light model, each with style thumbnails; and a photo."""
+    folder = tmp_path / "models"
+    thumbs = []
+    for i in range(3):
+        path = tmp_path / f"painting{i}.png"
+        gradient_image(60 + 10 * i, 40, seed=20 + i).save(path)
+        thumbs.append(encode_thumbnail(path))
+    torch.manual_seed(1)
+    save_model(folder / "alpha.safetensors", TransformerNet(SPECS["light"]), styles=["alpha"],
+               thumbnails=thumbs[:1])
+    two = TransformerNet(SPECS["light"].with_styles(2))
+    with torch.no_grad():
+        for name, param in two.named_parameters():
+            if "norm" in name:
+                param.copy_(torch.randn_like(param) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    save_model(folder / "pair.safetensors", two, styles=["left", "right"], thumbnails=thumbs[1:])
+    photo = tmp_path / "portrait.png"
+    gradient_image(48, 40, seed=5).save(photo)
+    return {"folder": folder, "photo": photo, "thumbs": thumbs}
+
+
+def _cell(sheet: np.ndarray, column: int, top: int, height: int, cell: int = 256, gap: int = 6) -> np.ndarray:
+    left = gap + column * (cell + gap)
+    return sheet[top:top + height, left:left + cell]
+
+
+def test_demo_stylizes_with_every_bundled_style_and_writes_a_contact_sheet(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "sample_photo", lambda: models["photo"])
+    out = tmp_path / "out"
+    assert demo.run(models["folder"], out) == 0
+    printed = capsys.readouterr().out
+    assert "$ fastnst stylize -m" in printed and "--style right" in printed
+    results = {name: out / name / "portrait.png" for name in ("alpha", "pair-left", "pair-right")}
+    assert all(path.is_file() for path in results.values())
+    sheet = np.asarray(Image.open(out / "contact_sheet.jpg").convert("RGB"))
+    height, thumb_height, gap = round(256 * 40 / 48), 256 * 2 // 3, 6
+    assert sheet.shape == (demo.LABEL_HEIGHT + thumb_height + height + 3 * gap, 4 * 256 + 5 * gap, 3)
+    top = demo.LABEL_HEIGHT + thumb_height + 2 * gap
+    photo = load_image(models["photo"])
+    expected = [photo] + [load_image(path) for path in results.values()]
+    for column, image in enumerate(expected):  # each cell shows its image, scaled to the cell
+        cell = to_uint8(demo._fit(image, 256, height)).permute(1, 2, 0).numpy()
+        assert psnr(_cell(sheet, column, top, height), cell) > 30, column
+    for column, thumbnail in enumerate(models["thumbs"], start=1):  # the painting above each result
+        cell = to_uint8(demo._fit(decode_thumbnail(thumbnail), 256, thumb_height)).permute(1, 2, 0).numpy()
+        assert psnr(_cell(sheet, column, demo.LABEL_HEIGHT + gap, thumb_height), cell) > 30, column
+    left, right = (np.asarray(Image.open(results[k]), np.float64) for k in ("pair-left", "pair-right"))
+    assert np.abs(left - right).mean() > 5  # the two styles of one file really differ
+
+
+def test_demo_says_what_is_missing(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "sample_photo", lambda: None)
+    assert demo.run(models["folder"], tmp_path / "out") == 1
+    assert "pip install matplotlib" in capsys.readouterr().err
+    monkeypatch.setattr(demo, "sample_photo", lambda: models["photo"])
+    assert demo.run(tmp_path / "empty", tmp_path / "out") == 1
+    assert "no model files" in capsys.readouterr().err
+
+
+def test_gallery_fits_its_byte_budget(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(make_gallery, "sample_photo", lambda: models["photo"])
+    out = tmp_path / "gallery.jpg"
+    argv = ["--models", str(models["folder"]), "-o", str(out), "--cell", "128"]
+    assert make_gallery.main(argv) == 0
+    assert "(JPEG quality 90)" in capsys.readouterr().out
+    budget = out.stat().st_size * 9 // 10  # a tighter budget than quality 90 needs: the quality must drop
+    assert make_gallery.main([*argv, "--max-bytes", str(budget)]) == 0
+    assert "(JPEG quality 90)" not in capsys.readouterr().out
+    image = Image.open(out)
+    assert image.format == "JPEG" and image.width == 4 * 128 + 5 * 6 and out.stat().st_size <= budget
+
+
+def test_bundling_writes_fp16_weights_thumbnails_and_a_card_whose_command_reproduces_the_model(
+        tmp_path, vgg_file, monkeypatch, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        gradient_image(40 + 3 * i, 36, seed=i).save(photos / f"p{i}.jpg")
+    style = tmp_path / "starry_night.png"
+    gradient_image(48, 48, seed=100).save(style)
+    loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
+                    style_layers="relu1_2:0.5,relu2_2", content_weight=1.0, style_weight=1e3, tv_weight=0.5)
+    trained = fit(TrainConfig(style=(str(style),), data=str(photos), output=str(tmp_path / "run.safetensors"),
+                              spec="light", loss=loss, image_size=32, batch_size=2, steps=3, workers=0, holdout=2,
+                              checkpoint_every=0, sample_every=0, log_every=1))
+    out = tmp_path / "checkpoints"
+    assert bundle_style.main([str(trained), "--out", str(out)]) == 0
+    bundled = out / "starry_night.safetensors"
+    assert f"wrote {bundled}" in capsys.readouterr().out
+    with safe_open(str(bundled), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    info = read_info(bundled)
+    assert info.thumbnails == (encode_thumbnail(style),) and info.config["steps_done"] == 3
+    card = (out / "starry_night.md").read_text()
+    assert "**Style:** *The Starry Night*, Vincent van Gogh (1853–1890), 1889 (`starry_night.png`)" in card
+    losses = info.config["final_losses"]
+    assert f"style {losses['style']:.4g}" in card and "Steps: 3 (6 images)" in card
+    # The card's command, run as written (in a fresh folder), trains the same network again.
+    command = next(line for line in card.splitlines() if line.startswith("fastnst train"))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    monkeypatch.chdir(rerun)
+    assert main(shlex.split(command)[1:] + ["--workers", "0"]) == 0
+    again, _ = load_model(rerun / "starry_night.safetensors")
+    original, _ = load_model(trained)
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_at_least_three_bundled_styles_with_cards():
+    assert len(BUNDLED) >= 3, f"checkpoints/ holds {len(BUNDLED)} bundled model(s); the project ships three or more"
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def test_bundled_model_is_small_documented_and_really_stylizes(path):
+    assert path.stat().st_size < 8e6
+    model, info = load_model(path)
+    assert len(info.thumbnails) == model.spec.num_styles and info.config["steps_done"] >= 300
+    card = path.with_suffix(".md").read_text()
+    assert card.startswith(f"# {path.stem}\n") and "fastnst train" in card
+    json.dumps(info.config)  # the whole training record is plain data
+    x = to_tensor(gradient_image(96, 64, seed=3))[None]
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # Not a faint tint: the output departs from the photo by a large margin, and not uniformly.
+    difference = (y.clamp(0, 1) - x).abs()
+    assert difference.mean() > 0.08 and difference.std() > 0.03
