@@ -179,17 +179,17 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Tr
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """The metadata of a fastnst model file without loading its weights into a network."""
-    return _load_safetensors(Path(path))[1]
+    """The metadata of a fastnst model file, read from its header alone (the weights stay on disk)."""
+    return _load_safetensors(Path(path), weights=False)[1]
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+def _load_safetensors(path: Path, weights: bool = True) -> tuple[dict[str, torch.Tensor], ModelInfo]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
+            state = {key: f.get_tensor(key) for key in f.keys()} if weights else {}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad header
         raise ModelFileError(path, f"not a readable .safetensors file ({_reason(exc)}); "
                                    "is it truncated, or a .pth to load by its own suffix?") from None

@@ -49,16 +49,22 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        name = "CPU"
-        try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-                name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-                            name)
-        except OSError:
-            pass
         threads = torch.get_num_threads()
-        return f"{name}, {threads} thread{'s' if threads != 1 else ''}"
+        return f"{cpuinfo('model name') or 'CPU'}, {threads} thread{'s' if threads != 1 else ''}"
     return str(device)
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first ``field`` of Linux's ``/proc/cpuinfo`` (``"model name"``, ``"flags"``); None where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 def keep_freed_memory() -> bool:

@@ -44,15 +44,16 @@ def sample_photo() -> Path | None:
     return path if path.is_file() else None
 
 
-def bundled_styles(folder: Path) -> list[tuple[Path, str | None, str]]:
-    """(model file, --style value or None, label) for every style of every model file in ``folder``."""
+def bundled_styles(folder: Path) -> list[tuple[Path, str | None, str, torch.Tensor | None]]:
+    """(model file, --style value or None, label, thumbnail (3, h, w) or None) per style of each model in ``folder``."""
     found = []
     for model in sorted(folder.glob("*.safetensors")):
-        styles = read_info(model).styles
-        if len(styles) > 1:
-            found += [(model, name, f"{model.stem}: {name}") for name in styles]
+        info = read_info(model)
+        thumbnails = [decode_thumbnail(t, str(model)) for t in info.thumbnails] or [None] * len(info.styles)
+        if len(info.styles) > 1:
+            found += [(model, name, f"{model.stem}: {name}", thumb) for name, thumb in zip(info.styles, thumbnails)]
         else:
-            found.append((model, None, model.stem))
+            found.append((model, None, model.stem, thumbnails[0] if thumbnails else None))
     return found
 
 
@@ -97,7 +98,7 @@ def _pil(image: torch.Tensor) -> Image.Image:
 def stylize_all(photo: Path, models: Path, out: Path) -> list[tuple[str, torch.Tensor | None, torch.Tensor]] | None:
     """Run ``fastnst stylize`` for every bundled style; the contact sheet's columns, or None on a failure."""
     columns = []
-    for model, style, label in bundled_styles(models):
+    for model, style, label, thumbnail in bundled_styles(models):
         folder = out / (model.stem if style is None else f"{model.stem}-{style}")
         argv = ["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite"]
         if style is not None:
@@ -107,9 +108,6 @@ def stylize_all(photo: Path, models: Path, out: Path) -> list[tuple[str, torch.T
         if main(argv) != 0:
             return None
         print(f"  {time.perf_counter() - start:.1f} s", flush=True)
-        info = read_info(model)
-        index = info.styles.index(style) if style is not None else 0
-        thumbnail = decode_thumbnail(info.thumbnails[index], str(model)) if info.thumbnails else None
         columns.append((label, thumbnail, load_image(folder / photo.name)))
     return columns
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from demo import bundled_styles, contact_sheet, sample_photo
 
-from fastnst.checkpoint import read_info
 from fastnst.engine import Stylizer
-from fastnst.images import decode_thumbnail, load_image, save_image
+from fastnst.images import load_image, save_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,11 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     photo = load_image(photo_path)
     columns = []
-    for model_path, style, label in bundled_styles(args.models):
-        info = read_info(model_path)
+    for model_path, style, label, thumbnail in bundled_styles(args.models):
         result = Stylizer(model_path, backend="torch", style=style)(photo[None])[0]
-        index = info.styles.index(style) if style is not None else 0
-        thumbnail = decode_thumbnail(info.thumbnails[index], str(model_path)) if info.thumbnails else None
         columns.append((label, thumbnail, result.float().clamp(0, 1)))
     if not columns:
         print(f"no model files in {args.models}", file=sys.stderr)

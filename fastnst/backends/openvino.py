@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from fastnst.backends.onnxruntime import OnnxGraphBackend, _first_line, read_onnx
+from fastnst.device import cpuinfo
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError
 from fastnst.onnx_format import info_from_metadata
 
@@ -80,11 +81,7 @@ def cpu_name() -> str:
 @lru_cache(maxsize=1)
 def has_amx() -> bool:
     """Whether the CPU has AMX bf16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``; False where unknown)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo)
-    except OSError:
-        return False
+    return "amx_bf16" in (cpuinfo("flags") or "").split()
 
 
 def default_dtype() -> str:
