@@ -9,8 +9,11 @@ The order is owned by ``EpochBatchSampler``: a fresh shuffle every epoch compute
 from ``(seed, epoch)`` alone, split between distributed ranks, and able to start
 in the middle of an epoch. A resumed run therefore needs only the epoch number and
 the batch position to draw exactly the batches an uninterrupted run would have.
+Random crops (``crop``) are drawn from ``(seed, epoch, photo)`` for the same reason:
+a photo gets a new crop every epoch, the same one in every worker and after a resume.
 
-Tensors are (3, S, S) float32 RGB in 0–1 (a DataLoader stacks them to (B, 3, S, S)).
+Tensors are (3, S, S) float32 RGB in 0–1 (a DataLoader stacks them to (B, 3, S, S)),
+S being the crop size when cropping and the image size otherwise.
 """
 
 from __future__ import annotations
@@ -76,18 +79,42 @@ def load_photo(path: str | Path, size: int) -> torch.Tensor:
     return to_tensor(image)
 
 
-class PhotoDataset(Dataset):
-    """Photos as (3, size, size) tensors; an unreadable file is replaced by the next readable one.
+def load_random_crop(path: str | Path, size: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """A photo scaled so its short side is ``size``, then a random ``crop`` square of it: (3, crop, crop) in 0–1.
 
-    The replacement is deterministic (the next index, wrapping around), so runs
-    stay repeatable. Each bad file is warned about once per process.
+    Random crops of a larger scale give a small photo folder many more distinct
+    training images, at the scale of the photos the model will later stylize.
+    """
+    image = open_image(path)
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left = int(torch.randint(width - crop + 1, (), generator=generator))
+    top = int(torch.randint(height - crop + 1, (), generator=generator))
+    return to_tensor(image.crop((left, top, left + crop, top + crop)))
+
+
+class PhotoDataset(Dataset):
+    """Photos as (3, S, S) tensors; an unreadable file is replaced by the next readable one.
+
+    Without ``crop`` a photo is ``load_photo(path, size)`` (S = size); with it,
+    ``load_random_crop`` (S = crop) seeded by ``seed``, the epoch (``set_epoch``)
+    and the photo's index. The replacement of a bad file is deterministic (the
+    next index, wrapping around), so runs stay repeatable. Each bad file is
+    warned about once per process.
     """
 
-    def __init__(self, photos: list[Path], size: int) -> None:
+    def __init__(self, photos: list[Path], size: int, crop: int | None = None, seed: int = 0) -> None:
         if not photos:
             raise ConfigError("no training photos left (all were held out or skipped)")
-        self.photos, self.size = list(photos), size
+        if crop is not None and not 0 < crop <= size:
+            raise ConfigError(f"crop size {crop} must be between 1 and the image size {size}")
+        self.photos, self.size, self.crop, self.seed = list(photos), size, crop, seed
+        self.epoch = 0
         self._warned: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.photos)
@@ -96,7 +123,10 @@ class PhotoDataset(Dataset):
         for offset in range(len(self.photos)):
             i = (index + offset) % len(self.photos)
             try:
-                return load_photo(self.photos[i], self.size)
+                if self.crop is None:
+                    return load_photo(self.photos[i], self.size)
+                draw = (self.seed * 100_003 + self.epoch) * 1_000_003 + i
+                return load_random_crop(self.photos[i], self.size, self.crop, torch.Generator().manual_seed(draw))
             except ImageError as exc:
                 if i not in self._warned:
                     self._warned.add(i)
@@ -161,12 +191,17 @@ def start_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
     """
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch, start)
+    loader.dataset.set_epoch(epoch)
     loader.generator.manual_seed(sampler.seed * 100_003 + epoch)
 
 
 def make_loader(dataset: PhotoDataset, sampler: EpochBatchSampler, workers: int, pin_memory: bool = False
                 ) -> DataLoader:
-    """A DataLoader over ``sampler``'s batches with ``workers`` decoding processes (0: in this process)."""
+    """A DataLoader over ``sampler``'s batches with ``workers`` decoding processes (0: in this process).
+
+    With random crops the workers start afresh every epoch, so they see the dataset's new epoch.
+    """
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, worker_init_fn=_ignore_interrupts if workers else None,
+                      persistent_workers=workers > 0 and dataset.crop is None,
+                      worker_init_fn=_ignore_interrupts if workers else None,
                       generator=torch.Generator().manual_seed(sampler.seed))

@@ -79,8 +79,9 @@ class TrainConfig:
     ``style_names`` names them (default: the file stems) and ``style_weights``
     gives each its style-loss weight (default ``loss.style_weight`` for all).
     ``init`` is a model file the styles are added to (only their norm rows
-    train). ``steps`` and ``epochs`` are exclusive;
-    with neither, training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per
+    train). ``crop_size`` trains on random squares of the photos scaled to
+    ``image_size`` (centre squares without it). ``steps`` and ``epochs`` are
+    exclusive; with neither, training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per
     process under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
     checkpoint beside ``output`` if there is one, else a fresh start).
     """
@@ -91,6 +92,7 @@ class TrainConfig:
     spec: str = "johnson"
     loss: LossSpec = field(default_factory=LossSpec)
     image_size: int = 256
+    crop_size: int | None = None
     style_size: int | None = None
     batch_size: int = 4
     lr: float = 1e-3
@@ -138,6 +140,9 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.image_size < 16:
             raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}")
+        if self.crop_size is not None and not 16 <= self.crop_size <= self.image_size:
+            raise ConfigError(f"--crop-size must be between 16 and --image-size ({self.image_size}), "
+                              f"got {self.crop_size}")
         if self.style_size is not None and self.style_size < 16:
             raise ConfigError(f"--style-size must be at least 16 pixels, got {self.style_size}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -204,7 +209,7 @@ def fit(config: TrainConfig, callback: Callable[[int, dict[str, float]], None] |
             train_photos, sample_paths = photos, [Path(p) for p in config.sample_images]
         else:
             train_photos, sample_paths = split_holdout(photos, config.holdout)
-        dataset = PhotoDataset(train_photos, config.image_size)
+        dataset = PhotoDataset(train_photos, config.image_size, config.crop_size, config.seed)
         sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, rank, world)
         if sampler.replacement and main:
             log.warning("only %d training photo(s) for a global batch of %d: drawing batches with replacement "

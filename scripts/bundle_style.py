@@ -59,10 +59,16 @@ def command_line(config: dict, name: str) -> str:
              "--content-layers", _layers(loss["content_layers"]), "--content-weight", f"{loss['content_weight']:g}",
              "--style-weight", f"{loss['style_weight']:g}", "--tv-weight", f"{loss['tv_weight']:g}"]
     for option, key, default in (("--spec", "spec", "johnson"), ("--lr-decay", "lr_decay", "none"),
-                                 ("--amp", "amp", "none"), ("--style-size", "style_size", None)):
+                                 ("--amp", "amp", "none"), ("--style-size", "style_size", None),
+                                 ("--crop-size", "crop_size", None)):
         if config.get(key, default) != default:
             parts += [option, str(config[key])]
     return " ".join(parts)
+
+
+def _cropping(config: dict) -> str:
+    crop = config.get("crop_size")
+    return f"a random {crop} px square cropped, a new one each epoch" if crop else "centre-cropped"
 
 
 def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train_seconds: float | None,
@@ -89,7 +95,8 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         "",
         f"- Data: `{_show(config['data'])}`, real photographs (100 BSDS500 val, 100 ImageNet samples, 6 others); "
         f"{len(config.get('held_out') or [])} held out for evaluation, the rest trained on; short side resized "
-        f"to {config['image_size']} px and centre-cropped, batch {config['batch_size']}, a fresh shuffle each epoch.",
+        f"to {config['image_size']} px and {_cropping(config)}, batch {config['batch_size']}, a fresh shuffle "
+        "each epoch.",
         f"- Loss network: {config['loss']['vgg'].upper()}, weights `{Path(config['loss']['vgg_weights']).name}` "
         f"(flavour {config['loss']['vgg_flavour']}); style "
         f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "

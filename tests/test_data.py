@@ -14,6 +14,7 @@ from fastnst.data import (
     PhotoDataset,
     find_images,
     load_photo,
+    load_random_crop,
     make_loader,
     split_holdout,
     start_epoch,
@@ -63,6 +64,46 @@ def test_load_photo_scales_the_short_side_and_crops_the_centre(tmp_path):
     assert crop.shape == (3, 16, 16) and crop.dtype == torch.float32
     inner = crop[:, :, 2:-2]  # away from the resampling blur at the band edges
     torch.testing.assert_close(inner.mean(dim=(1, 2)), torch.tensor([0.0, 1.0, 0.0]), atol=0.02, rtol=0)
+
+
+def test_random_crop_is_a_window_of_the_scaled_photo(tmp_path):
+    path = corpus.make_rgb(tmp_path, "wide.png", size=(45, 30))
+    # The reference: the whole photo scaled to a short side of 20 (30 x 20), every 12 x 12 window of it.
+    scaled = torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((30, 20), Image.Resampling.BICUBIC),
+                                         dtype=np.float32) / 255).permute(2, 0, 1)
+    windows = {(top, left) for top in range(20 - 12 + 1) for left in range(30 - 12 + 1)}
+    seen = set()
+    for seed in range(12):
+        crop = load_random_crop(path, 20, 12, torch.Generator().manual_seed(seed))
+        assert crop.shape == (3, 12, 12) and crop.dtype == torch.float32
+        matches = [w for w in windows if torch.equal(scaled[:, w[0]:w[0] + 12, w[1]:w[1] + 12], crop)]
+        assert len(matches) >= 1
+        seen.add(matches[0])
+    assert len(seen) > 3  # the position really varies with the draw
+
+
+def test_cropping_dataset_draws_a_new_crop_each_epoch_the_same_in_workers(tmp_path):
+    photos = [corpus.make_rgb(tmp_path, f"p{i}.png", size=(60 + 5 * i, 40)) for i in range(4)]
+    dataset = PhotoDataset(photos, 32, crop=16, seed=3)
+    assert dataset[1].shape == (3, 16, 16)
+    torch.testing.assert_close(dataset[1], PhotoDataset(photos, 32, crop=16, seed=3)[1])  # a function of the seed
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[1], PhotoDataset(photos, 32, crop=16, seed=3)[1])  # and of the epoch
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = make_loader(PhotoDataset(photos, 32, crop=16, seed=3), EpochBatchSampler(4, 2, seed=3), workers)
+        drawn = []
+        for epoch in range(2):
+            start_epoch(loader, epoch)
+            drawn += list(loader)
+        return drawn
+
+    in_process, in_workers = batches(0), batches(2)
+    assert len(in_process) == 4
+    for a, b in zip(in_process, in_workers):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ConfigError, match="crop size 40 must be between 1 and the image size 32"):
+        PhotoDataset(photos, 32, crop=40)
 
 
 def test_dataset_replaces_unreadable_files_by_the_next_photo_and_warns_once(tmp_path, caplog):

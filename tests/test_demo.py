@@ -116,8 +116,8 @@ def test_bundling_writes_fp16_weights_thumbnails_and_a_card_whose_command_reprod
     loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
                     style_layers="relu1_2:0.5,relu2_2", content_weight=1.0, style_weight=1e3, tv_weight=0.5)
     trained = fit(TrainConfig(style=(str(style),), data=str(photos), output=str(tmp_path / "run.safetensors"),
-                              spec="light", loss=loss, image_size=32, batch_size=2, steps=3, workers=0, holdout=2,
-                              checkpoint_every=0, sample_every=0, log_every=1))
+                              spec="light", loss=loss, image_size=40, crop_size=32, batch_size=2, steps=3, workers=0,
+                              holdout=2, checkpoint_every=0, sample_every=0, log_every=1))
     out = tmp_path / "checkpoints"
     assert bundle_style.main([str(trained), "--out", str(out)]) == 0
     bundled = out / "starry_night.safetensors"
@@ -130,6 +130,7 @@ def test_bundling_writes_fp16_weights_thumbnails_and_a_card_whose_command_reprod
     assert "**Style:** *The Starry Night*, Vincent van Gogh (1853–1890), 1889 (`starry_night.png`)" in card
     losses = info.config["final_losses"]
     assert f"style {losses['style']:.4g}" in card and "Steps: 3 (6 images)" in card
+    assert "resized to 40 px and a random 32 px square cropped" in card
     # The card's command, run as written (in a fresh folder), trains the same network again.
     command = next(line for line in card.splitlines() if line.startswith("fastnst train"))
     rerun = tmp_path / "rerun"

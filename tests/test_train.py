@@ -113,8 +113,10 @@ def test_losses_go_down_over_30_steps(setup):
     assert np.mean(totals[-5:]) < 0.5 * np.mean(totals[:5]), totals
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog):
-    common = dict(steps=9, lr_decay="cosine", lr=5e-3)  # 4 batches per epoch: crosses two epoch boundaries
+@pytest.mark.parametrize("crop_size", [None, 24])  # random crops: drawn from (seed, epoch, photo), so they repeat
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog, crop_size):
+    # 4 batches per epoch: crosses two epoch boundaries
+    common = dict(steps=9, lr_decay="cosine", lr=5e-3, crop_size=crop_size)
     straight = make_config(setup, "straight", **common)
     run(straight)
 
@@ -281,7 +283,7 @@ def test_cli_train_writes_a_model_with_its_config_logs_and_samples(setup, capsys
             "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2:0.5,relu2_2", "--content-weight", "2",
             "--style-weight", "1e3", "--tv-weight", "1", "--logdir", str(logs), "--log-every", "2",
             "--sample-every", "3", "--sample-images", *map(str, samples), "--checkpoint-every", "2",
-            "--lr", "2e-3", "--seed", "7"]
+            "--lr", "2e-3", "--seed", "7", "--crop-size", "24"]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert main(["info", "--json", str(out)]) == 0
@@ -289,6 +291,7 @@ def test_cli_train_writes_a_model_with_its_config_logs_and_samples(setup, capsys
     assert info["styles"] == ["style"] and info["spec"] == {"channels": [16, 32, 64], "num_residual": 3}
     config = info["config"]
     assert config["steps"] == 4 and config["lr"] == 2e-3 and config["seed"] == 7 and config["spec"] == "light"
+    assert config["image_size"] == 32 and config["crop_size"] == 24
     assert config["loss"]["style_layers"] == {"relu1_2": 0.5, "relu2_2": 1.0} and config["loss"]["tv_weight"] == 1
     assert config["sample_images"] == [str(p) for p in samples] and config["steps_done"] == 4
     scalars = _scalars(logs)
@@ -365,6 +368,8 @@ def test_config_validation_messages(setup):
         make_config(setup, spec="huge")
     with pytest.raises(ConfigError, match="unknown --lr-decay"):
         make_config(setup, lr_decay="step")
+    with pytest.raises(ConfigError, match=r"--crop-size must be between 16 and --image-size \(32\), got 48"):
+        make_config(setup, crop_size=48)
     config = make_config(setup, style="one.jpg", loss={"style_weight": 5.0})
     assert config.style == ("one.jpg",) and config.loss.style_weight == 5.0
 

@@ -39,7 +39,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "as MODEL.ckpt.pt")
     p.add_argument("--spec", choices=sorted(SPECS), default="johnson", help="network size (default johnson)")
     p.add_argument("--image-size", type=positive_int, default=256,
-                   help="training crops are SIZE x SIZE pixels (default 256)")
+                   help="photos are scaled so their short side is SIZE; without --crop-size the centre "
+                        "SIZE x SIZE square trains (default 256)")
+    p.add_argument("--crop-size", type=positive_int,
+                   help="train on a random CROP x CROP square of each scaled photo, a new one every epoch "
+                        "(e.g. --image-size 512 --crop-size 256: many more distinct images from a small "
+                        "folder, at the scale of 512-pixel photos)")
     p.add_argument("--style-size", type=positive_int,
                    help="downsize the style image's long side to this before taking its Grams (default: as is)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="photos per step and process (default 4)")
@@ -84,7 +89,8 @@ def _run_train(args: argparse.Namespace) -> int:
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
         style_weights=weights if len(weights) > 1 else (), data=args.data, output=args.output, spec=args.spec,
         loss=loss_spec(args),
-        image_size=args.image_size, style_size=args.style_size, batch_size=args.batch_size, lr=args.lr,
+        image_size=args.image_size, crop_size=args.crop_size, style_size=args.style_size,
+        batch_size=args.batch_size, lr=args.lr,
         lr_decay=args.lr_decay, steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, device=args.device, workers=args.workers,
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
