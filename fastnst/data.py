@@ -72,6 +72,11 @@ def split_holdout(photos: list[Path], count: int) -> tuple[list[Path], list[Path
     return [p for i, p in enumerate(photos) if i not in held], [photos[i] for i in sorted(held)]
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch (its order, worker seeds, crops): a function of both alone."""
+    return seed * 100_003 + epoch
+
+
 def load_photo(path: str | Path, size: int) -> torch.Tensor:
     """A photo scaled so its short side is ``size`` and centre-cropped: (3, size, size) in 0–1."""
     image = open_image(path)
@@ -125,7 +130,7 @@ class PhotoDataset(Dataset):
             try:
                 if self.crop is None:
                     return load_photo(self.photos[i], self.size)
-                draw = (self.seed * 100_003 + self.epoch) * 1_000_003 + i
+                draw = epoch_seed(self.seed, self.epoch) * 1_000_003 + i
                 return load_random_crop(self.photos[i], self.size, self.crop, torch.Generator().manual_seed(draw))
             except ImageError as exc:
                 if i not in self._warned:
@@ -162,7 +167,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def order(self, epoch: int) -> list[int]:
         """The global index order of ``epoch`` (all ranks), a pure function of the seed and the epoch."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         if self.replacement:
             return torch.randint(self.size, (self.batch_size * self.world_size,), generator=generator).tolist()
         return torch.randperm(self.size, generator=generator).tolist()
@@ -192,7 +197,7 @@ def start_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch, start)
     loader.dataset.set_epoch(epoch)
-    loader.generator.manual_seed(sampler.seed * 100_003 + epoch)
+    loader.generator.manual_seed(epoch_seed(sampler.seed, epoch))
 
 
 def make_loader(dataset: PhotoDataset, sampler: EpochBatchSampler, workers: int, pin_memory: bool = False
