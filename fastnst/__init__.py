@@ -1,28 +1,48 @@
 """fastnst: fast feed-forward neural style transfer.
 
-Images everywhere in the API are float tensors (B, 3, H, W) or (3, H, W), RGB,
-values in 0–1 (see ``fastnst.models.transformer``).
+Images everywhere in the API are RGB arrays or tensors (B, 3, H, W) or
+(3, H, W), float in 0–1 (see ``fastnst.models.transformer``).
+
+The public API is importable from here; each name is loaded on first use, so
+``import fastnst`` (and ``fastnst --version``, or stylizing with OpenVINO) does
+not pay for PyTorch until something needs it.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from fastnst.checkpoint import ModelInfo, load_model, save_model  # noqa: E402
-from fastnst.device import resolve_device  # noqa: E402
-from fastnst.errors import (  # noqa: E402
-    ConfigError,
-    FastNSTError,
-    ImageError,
-    ModelFileError,
-    WeightsError,
-)
-from fastnst.images import load_image, open_image, save_image  # noqa: E402
-from fastnst.losses import LossSpec, perceptual_losses  # noqa: E402
-from fastnst.models.transformer import SPECS, TransformerNet, TransformerSpec, get_spec  # noqa: E402
-from fastnst.models.vgg import VGGFeatures  # noqa: E402
-from fastnst.pretrained import load_vgg  # noqa: E402
+import importlib
 
-__all__ = [
-    "SPECS", "ConfigError", "FastNSTError", "ImageError", "LossSpec", "ModelFileError", "ModelInfo",
-    "TransformerNet", "TransformerSpec", "VGGFeatures", "WeightsError", "__version__", "get_spec", "load_image",
-    "load_model", "load_vgg", "open_image", "perceptual_losses", "resolve_device", "save_image", "save_model",
-]
+from fastnst.version import __version__
+
+# name → the module that defines it.
+_API = {
+    "Stylizer": "fastnst.stylize", "StylizeConfig": "fastnst.stylize", "stylize_files": "fastnst.stylize",
+    "TrainConfig": "fastnst.train", "fit": "fastnst.train",
+    "ExportConfig": "fastnst.export", "export_onnx": "fastnst.export",
+    "OptimizeConfig": "fastnst.optimize", "optimize": "fastnst.optimize",
+    "ScoreConfig": "fastnst.score", "score_images": "fastnst.score",
+    "ConvertConfig": "fastnst.convert", "convert_model": "fastnst.convert",
+    "ModelInfo": "fastnst.checkpoint", "load_model": "fastnst.checkpoint", "save_model": "fastnst.checkpoint",
+    "read_info": "fastnst.checkpoint",
+    "ConfigError": "fastnst.errors", "FastNSTError": "fastnst.errors", "ImageError": "fastnst.errors",
+    "ModelFileError": "fastnst.errors", "WeightsError": "fastnst.errors",
+    "load_image": "fastnst.images", "open_image": "fastnst.images", "save_image": "fastnst.images",
+    "LossSpec": "fastnst.losses", "perceptual_losses": "fastnst.losses", "style_targets": "fastnst.losses",
+    "SPECS": "fastnst.models.spec", "TransformerSpec": "fastnst.models.spec", "get_spec": "fastnst.models.spec",
+    "TransformerNet": "fastnst.models.transformer", "VGGFeatures": "fastnst.models.vgg",
+    "load_vgg": "fastnst.pretrained", "resolve_device": "fastnst.device",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastnst' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

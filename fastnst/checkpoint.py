@@ -18,32 +18,40 @@ string metadata holds JSON:
 ``fastnst_version`` the package version that wrote the file
 =================  ==========================================================
 
+Reading is in two steps, so a hostile file costs nothing: ``read_info`` parses
+the header alone (bounded in size, no PyTorch) and checks the spec against the
+shapes the header declares; only then does ``load_model`` read the weights,
+refuses non-finite ones, and builds the network.
+
 ``load_model`` also reads pytorch/examples ``fast_neural_style`` checkpoints
 (``.pth`` / ``.model``) with ``torch.load(weights_only=True)`` — a pickle that
-tries to run code is refused — and converts them with
-``convert_pytorch_examples``.
+tries to run code is refused — renaming their layers and rescaling them to the
+0–1 range (``convert_pytorch_examples``). ``fastnst.convert`` turns them into model files.
 
 Resumable *training* checkpoints (``MODEL.ckpt.pt``, written by ``fastnst train``)
 are a separate format: ``save_training_state`` / ``load_training_state``, a
 ``torch.save`` dict of tensors and primitives only (format
 ``"fastnst-train-state"``, its own version), read back with ``weights_only=True``.
+
+PyTorch is imported only by the functions that build networks or read pickles.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import stat
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from fastnst import __version__
-from fastnst.errors import ConfigError, ModelFileError
+from fastnst.errors import ConfigError, ModelFileError, first_line
 from fastnst.files import atomic_path
-from fastnst.models.transformer import TransformerNet, TransformerSpec
+from fastnst.models.spec import TransformerSpec, parameter_shapes
+from fastnst.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,11 @@ FORMAT = "fastnst-model"
 FORMAT_VERSION = 1
 VALUE_RANGE = "0-1"
 PICKLE_SUFFIXES = (".pth", ".pt", ".model", ".ckpt")
+# A model file's JSON header (thumbnails included) is a few tens of KB; safetensors itself allows 100 MB.
+MAX_HEADER_BYTES = 16 * 2**20
+# The oldest PyTorch whose ``torch.load(weights_only=True)`` cannot be made to run code (CVE-2025-32434).
+SAFE_TORCH = (2, 6)
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,13 @@ class ModelInfo:
         }
 
 
-def save_model(path: str | Path, model: TransformerNet, styles: list[str] | tuple[str, ...] = (),
+def save_model(path: str | Path, model, styles: list[str] | tuple[str, ...] = (),
                config: dict | None = None, half: bool = False, thumbnails: tuple[str, ...] = ()) -> Path:
-    """Write ``model`` as a fastnst model file, atomically. ``half`` stores fp16 weights (half the size).
+    """Write ``model`` (a ``TransformerNet``) as a fastnst model file, atomically. ``half`` stores fp16 weights.
 
     ``thumbnails``: none, or one ``encode_thumbnail`` text per style the network carries.
     """
+    import torch
     from safetensors.torch import save
 
     path = Path(path)
@@ -102,124 +116,185 @@ def save_model(path: str | Path, model: TransformerNet, styles: list[str] | tupl
     return path
 
 
-@dataclass(frozen=True)
-class ConvertConfig:
-    """Options of ``fastnst convert``: a legacy (or fastnst) model file re-saved as a fastnst file.
-
-    ``merge``: instead of ``source``, two or more model files that share all
-    their non-norm weights, written as one multi-style model (``fastnst.styles.merge_models``).
-    ``style_name``: one name, or one per style of the output.
-    """
-
-    source: str | None
-    output: str
-    style_name: str | tuple[str, ...] | None = None
-    half: bool = False
-    merge: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "merge", tuple(str(m) for m in self.merge))
-        if isinstance(self.style_name, (list, tuple)):
-            object.__setattr__(self, "style_name", tuple(self.style_name) or None)
-        if not str(self.output).endswith(".safetensors"):
-            raise ConfigError(f"{self.output}: the output of convert must end in .safetensors")
-        if (self.source is None) == (not self.merge):
-            raise ConfigError("give one SOURCE model to convert, or --merge A B ... (not both)")
-        if self.merge and len(self.merge) < 2:
-            raise ConfigError("--merge needs at least two model files")
-
-
-def convert_model(config: ConvertConfig) -> Path:
-    """Load ``config.source`` (or the ``merge`` files) with the safe loader and write a fastnst model file."""
-    from fastnst.styles import check_unique, merge_models
-
-    if config.merge:
-        loaded = [load_model(path) for path in config.merge]
-        model = merge_models([(net, Path(path).name) for (net, _), path in zip(loaded, config.merge)])
-        styles = tuple(name for (net, info), path in zip(loaded, config.merge)
-                       for name in (info.styles if len(info.styles) == net.spec.num_styles else
-                                    [f"{Path(path).stem}{i}" for i in range(net.spec.num_styles)]))
-        extra = {"merged_from": [Path(p).name for p in config.merge]}
-        thumbnails = sum((info.thumbnails for _, info in loaded), ())
-        if not all(info.thumbnails for _, info in loaded):
-            thumbnails = ()  # all or nothing: one per style
-    else:
-        model, info = load_model(config.source)
-        styles, extra = info.styles, {**info.config, "converted_from": Path(config.source).name,
-                                      "source_format": info.source}
-        thumbnails = info.thumbnails
-    if config.style_name:
-        names = (config.style_name,) if isinstance(config.style_name, str) else config.style_name
-        if len(names) != model.spec.num_styles:
-            raise ConfigError(f"--style-name gives {len(names)} name(s); the model has {model.spec.num_styles} "
-                              "style(s): give one per style, in order")
-        styles = names
-    check_unique(styles)
-    return save_model(config.output, model, styles=styles, config=extra, half=config.half, thumbnails=thumbnails)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TransformerNet, ModelInfo]:
-    """Rebuild the network a file describes, in eval mode on ``device``, with its ``ModelInfo``.
+def load_model(path: str | Path, device="cpu"):
+    """Rebuild the network a file describes, in eval mode on ``device``: (``TransformerNet``, ``ModelInfo``).
 
     Reads fastnst ``.safetensors`` files and pytorch/examples pickles. Every
-    problem (missing, truncated, unsafe, foreign or wrong-shaped file) raises
-    ``ModelFileError`` naming the file and the mismatch.
+    problem (missing, truncated, unsafe, foreign, non-finite or wrong-shaped
+    file) raises ``ModelFileError`` naming the file and the mismatch.
     """
+    from fastnst.models.transformer import TransformerNet
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(path, "no such model file")
+    check_model_path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         state = convert_pytorch_examples(_load_pickle(path), path)
         info = ModelInfo(spec=_infer_spec(state, path), styles=(path.stem,), source="pytorch-examples")
+        _check_shapes(path, {k: tuple(v.shape) for k, v in state.items()}, info.spec)
     else:
-        state, info = _load_safetensors(path)
+        info = read_info(path)
+        state = _load_tensors(path)
+    _check_finite(path, state)
     model = TransformerNet(info.spec)
-    _load_state(model, state, path)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), info
 
 
+def check_model_path(path: Path, max_bytes: int = 2**31) -> int:
+    """The size of ``path`` when it is a regular file of a sane size; ``ModelFileError`` otherwise.
+
+    A FIFO, a device such as ``/dev/zero`` or a folder would make a reader hang
+    or fill memory, so only regular files are opened.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelFileError(path, "no such model file") from None
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read it ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(path, "not a regular file (a folder, pipe or device); give a model file")
+    if info.st_size > max_bytes:
+        raise ModelFileError(path, f"{info.st_size:,} bytes is far larger than any model file; refused")
+    return info.st_size
+
+
 def read_info(path: str | Path) -> ModelInfo:
-    """The metadata of a fastnst model file, read from its header alone (the weights stay on disk)."""
-    return _load_safetensors(Path(path), weights=False)[1]
+    """The metadata of a fastnst model file, from its header alone (no weights read, no PyTorch).
+
+    The spec is bounded (``fastnst.models.spec``) and checked against the
+    tensors the header lists, so a crafted file is refused before anything is
+    built from it.
+    """
+    path = Path(path)
+    size = check_model_path(path)
+    meta, tensors = read_header(path, size)
+    info = _info_from_metadata(path, meta)
+    _check_shapes(path, {name: tuple(entry["shape"]) for name, entry in tensors.items()}, info.spec)
+    return info
 
 
-def _load_safetensors(path: Path, weights: bool = True) -> tuple[dict[str, torch.Tensor], ModelInfo]:
+def read_header(path: Path, size: int | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """A ``.safetensors`` file's metadata (str → str) and tensor table (name → dtype, shape, data_offsets).
+
+    Parsed here rather than by safetensors so that its size, nesting and types
+    are bounded and every problem is one ``ModelFileError`` line.
+    """
+    size = check_model_path(path) if size is None else size
+    bad = "not a readable .safetensors file ({}); is it truncated, or a .pth to load by its own suffix?"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a header")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError(f"header length {length:,} bytes is impossible for this file")
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(path, bad.format(first_line(exc))) from None
+    if not isinstance(header, dict):
+        raise ModelFileError(path, bad.format("the header is not a JSON object"))
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ModelFileError(path, bad.format("its metadata is not a map of strings"))
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES and isinstance(entry.get("shape"), list)
+                and all(isinstance(d, int) and 0 <= d < 2**31 for d in entry["shape"])
+                and _fits(entry, size - 8 - length)):
+            raise ModelFileError(path, bad.format(f"tensor {name!r} is not a float tensor inside the file"))
+    return meta, header
+
+
+def _fits(entry: dict, data_bytes: int) -> bool:
+    """Whether a header entry's offsets are whole numbers inside the data and match its shape and dtype."""
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        return False
+    start, stop = offsets
+    return 0 <= start <= stop <= data_bytes and stop - start == math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
+
+
+def _info_from_metadata(path: Path, meta: dict[str, str]) -> ModelInfo:
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(path, "a safetensors file without fastnst metadata; it is not a fastnst model")
+    try:
+        version = int(meta.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise ModelFileError(path, f"format version {version} is newer than this fastnst understands "
+                                       f"({FORMAT_VERSION}); upgrade fastnst")
+        styles, thumbnails = json.loads(meta.get("styles", "[]")), json.loads(meta.get("thumbnails", "[]"))
+        config = json.loads(meta.get("config", "{}"))
+        if not (isinstance(styles, list) and all(isinstance(s, str) for s in styles) and isinstance(thumbnails, list)
+                and all(isinstance(t, str) for t in thumbnails) and isinstance(config, dict)):
+            raise ValueError("styles, thumbnails or config have the wrong type")
+        return ModelInfo(spec=TransformerSpec.from_dict(json.loads(meta["spec"])), styles=tuple(styles),
+                         config=config, fastnst_version=str(meta.get("fastnst_version", "unknown")),
+                         format_version=version, thumbnails=tuple(thumbnails))
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise ModelFileError(path, f"corrupt fastnst metadata ({first_line(exc)})") from None
+
+
+def _check_shapes(path: Path, shapes: dict[str, tuple[int, ...]], spec: TransformerSpec) -> None:
+    """Refuse tensors that do not match the network ``spec`` describes, naming the first mismatch."""
+    expected = parameter_shapes(spec)
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected e.g. {unexpected[0]}")
+        raise ModelFileError(path, f"does not match the network its metadata describes: {'; '.join(parts)}")
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise ModelFileError(path, f"{key} has shape {shapes[key]}, the network needs {shape}")
+
+
+def _load_tensors(path: Path) -> dict:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()} if weights else {}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad header
-        raise ModelFileError(path, f"not a readable .safetensors file ({_reason(exc)}); "
-                                   "is it truncated, or a .pth to load by its own suffix?") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(path, "a safetensors file without fastnst metadata; it is not a fastnst model")
-    version = int(meta.get("format_version", "0"))
-    if version > FORMAT_VERSION:
-        raise ModelFileError(path, f"format version {version} is newer than this fastnst understands "
-                                   f"({FORMAT_VERSION}); upgrade fastnst")
-    try:
-        info = ModelInfo(
-            spec=TransformerSpec.from_dict(json.loads(meta["spec"])),
-            styles=tuple(json.loads(meta.get("styles", "[]"))),
-            config=json.loads(meta.get("config", "{}")),
-            fastnst_version=meta.get("fastnst_version", "unknown"),
-            format_version=version,
-            thumbnails=tuple(json.loads(meta.get("thumbnails", "[]"))),
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelFileError(path, f"corrupt fastnst metadata ({_reason(exc)})") from None
-    return state, info
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ModelFileError(path, f"not a readable .safetensors file ({first_line(exc)}); is it truncated?") from None
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def _check_finite(path: Path, state: dict) -> None:
+    """Refuse NaN or infinite weights: they would turn every photo black and report it done."""
+    import torch
+
+    bad = next((key for key, value in state.items() if not bool(torch.isfinite(value).all())), None)
+    if bad is not None:
+        raise ModelFileError(path, f"{bad} holds NaN or infinite weights; the file is corrupt (retrain or re-export)")
+
+
+def torch_is_safe_for_pickles(version: str | None = None) -> bool:
+    """Whether this PyTorch's ``weights_only`` loading is safe (2.6 and later; CVE-2025-32434 before)."""
+    if version is None:
+        import torch
+
+        version = torch.__version__
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    return bool(numbers) and tuple(int(n) for n in numbers.groups()) >= SAFE_TORCH
+
+
+def _load_pickle(path: Path) -> dict:
+    import torch
+
+    if not torch_is_safe_for_pickles():
+        raise ModelFileError(path, f"PyTorch {torch.__version__} cannot load pickles safely (CVE-2025-32434); "
+                                   f"upgrade to torch>={'.'.join(map(str, SAFE_TORCH))} or use a .safetensors file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's note about old pickle protocols
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncation, zip errors and refused globals all end here
-        reason = _reason(exc)
+        reason = first_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             reason = "it contains Python objects that would run code on loading; refused (only tensors are loaded)"
         raise ModelFileError(path, f"cannot load: {reason}") from None
@@ -228,50 +303,6 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(path, "does not hold a state dict of tensors")
     return state
-
-
-TRAIN_STATE_FORMAT = "fastnst-train-state"
-TRAIN_STATE_VERSION = 1
-
-
-def save_training_state(path: str | Path, state: dict) -> Path:
-    """Write a resumable training checkpoint atomically (``torch.save`` of a dict).
-
-    ``state`` may hold only tensors, numbers, strings, bools, None and lists,
-    tuples and dicts of them, so that ``load_training_state`` can read it back
-    with ``weights_only=True``. The format name and version are added here.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": TRAIN_STATE_FORMAT, "format_version": TRAIN_STATE_VERSION, **state}, tmp)
-    return path
-
-
-def load_training_state(path: str | Path) -> dict:
-    """Read a checkpoint written by ``save_training_state`` (safely: tensors and primitives only).
-
-    Raises ``ModelFileError`` for a missing, truncated or foreign file, or one
-    written by a newer fastnst.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(path, "no such training checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncation, zip errors and refused globals all end here
-        raise ModelFileError(path, f"cannot load the training checkpoint ({_reason(exc)})") from None
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise ModelFileError(path, "not a fastnst training checkpoint (resume from the .ckpt.pt file that "
-                                   "fastnst train writes beside the model)")
-    if int(state.get("format_version", 0)) > TRAIN_STATE_VERSION:
-        raise ModelFileError(path, f"training checkpoint version {state['format_version']} is newer than this "
-                                   f"fastnst understands ({TRAIN_STATE_VERSION}); upgrade fastnst")
-    return state
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 # pytorch/examples layer name → fastnst layer name.
@@ -287,8 +318,7 @@ _EXAMPLES_RESIDUAL = re.compile(r"res(\d+)\.(conv1\.conv2d|conv2\.conv2d|in1|in2
 _RESIDUAL_PARTS = {"conv1.conv2d": "conv1", "conv2.conv2d": "conv2", "in1": "norm1", "in2": "norm2"}
 
 
-def convert_pytorch_examples(state: dict[str, torch.Tensor], path: str | Path = "<state dict>"
-                             ) -> dict[str, torch.Tensor]:
+def convert_pytorch_examples(state: dict, path: str | Path = "<state dict>") -> dict:
     """Convert a pytorch/examples ``TransformerNet`` state dict into fastnst's layout and value range.
 
     Renames the layers, drops the InstanceNorm ``running_mean`` / ``running_var``
@@ -302,7 +332,7 @@ def convert_pytorch_examples(state: dict[str, torch.Tensor], path: str | Path = 
         return dict(state)
     if "conv1.conv2d.weight" not in state:
         raise ModelFileError(path, "not a pytorch/examples fast_neural_style model (no conv1.conv2d.weight)")
-    out: dict[str, torch.Tensor] = {}
+    out: dict = {}
     for key, value in state.items():
         if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             continue
@@ -321,7 +351,7 @@ def convert_pytorch_examples(state: dict[str, torch.Tensor], path: str | Path = 
     return out
 
 
-def _infer_spec(state: dict[str, torch.Tensor], path: Path) -> TransformerSpec:
+def _infer_spec(state: dict, path: Path) -> TransformerSpec:
     """Read the widths and residual count of a converted network off its weight shapes."""
     try:
         channels = tuple(int(state[f"encoder.{i}.conv.weight"].shape[0]) for i in range(3))
@@ -331,19 +361,47 @@ def _infer_spec(state: dict[str, torch.Tensor], path: Path) -> TransformerSpec:
     return TransformerSpec(channels=channels, num_residual=len(blocks))
 
 
-def _load_state(model: TransformerNet, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected e.g. {unexpected[0]}")
-        raise ModelFileError(path, f"does not match the network its metadata describes: {'; '.join(parts)}")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise ModelFileError(path, f"{key} has shape {tuple(state[key].shape)}, the network needs "
-                                       f"{tuple(tensor.shape)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+TRAIN_STATE_FORMAT = "fastnst-train-state"
+TRAIN_STATE_VERSION = 1
+
+
+def save_training_state(path: str | Path, state: dict) -> Path:
+    """Write a resumable training checkpoint atomically (``torch.save`` of a dict).
+
+    ``state`` may hold only tensors, numbers, strings, bools, None and lists,
+    tuples and dicts of them, so that ``load_training_state`` can read it back
+    with ``weights_only=True``. The format name and version are added here.
+    """
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": TRAIN_STATE_FORMAT, "format_version": TRAIN_STATE_VERSION, **state}, tmp)
+    return path
+
+
+def load_training_state(path: str | Path) -> dict:
+    """Read a checkpoint written by ``save_training_state`` (safely: tensors and primitives only).
+
+    Raises ``ModelFileError`` for a missing, truncated or foreign file, or one
+    written by a newer fastnst.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "no such training checkpoint")
+    if not torch_is_safe_for_pickles():
+        raise ModelFileError(path, f"PyTorch {torch.__version__} cannot load pickles safely; upgrade to "
+                                   f"torch>={'.'.join(map(str, SAFE_TORCH))}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncation, zip errors and refused globals all end here
+        raise ModelFileError(path, f"cannot load the training checkpoint ({first_line(exc)})") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ModelFileError(path, "not a fastnst training checkpoint (resume from the .ckpt.pt file that "
+                                   "fastnst train writes beside the model)")
+    if int(state.get("format_version", 0)) > TRAIN_STATE_VERSION:
+        raise ModelFileError(path, f"training checkpoint version {state['format_version']} is newer than this "
+                                   f"fastnst understands ({TRAIN_STATE_VERSION}); upgrade fastnst")
+    return state

@@ -1,24 +1,72 @@
-"""Choosing the torch device (the one place that turns ``"auto"`` into a device) and tuning the CPU for it."""
+"""Choosing the device (the one place that turns ``"auto"`` into a device) and tuning the CPU for it.
+
+PyTorch is imported only to resolve a device: the CPU facts (``cpuinfo``,
+``cpu_count``, ``accelerator_possible``) are read without it, so the OpenVINO
+stylization path starts without loading PyTorch.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import sys
-
-import torch
 
 from fastnst.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
+def check_device(name: str) -> str:
+    """``name`` if fastnst knows the device (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``auto``), else ``ConfigError``."""
+    if str(name).split(":", 1)[0] not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    return str(name)
+
+
+def torchrun_rank(environ=None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; (0, 1, 0) alone.
+
+    ``ConfigError`` when they are set but not whole numbers.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        return (int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1")),
+                int(environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise ConfigError(f"RANK={environ.get('RANK')!r} / WORLD_SIZE={environ.get('WORLD_SIZE')!r} / "
+                          f"LOCAL_RANK={environ.get('LOCAL_RANK')!r} are not whole numbers; unset them or pass "
+                          "--shard i/n") from None
+
+
+def accelerator_possible() -> bool:
+    """Whether this machine might have a GPU PyTorch can use; False means certainly the CPU, known without torch.
+
+    CUDA needs the NVIDIA driver (``/proc/driver/nvidia`` or ``/dev/nvidia*``)
+    and MPS a Mac; ROCm builds of PyTorch present AMD GPUs as CUDA through
+    ``/dev/kfd``. Anywhere else ``--device auto`` is the CPU.
+    """
+    if sys.platform == "darwin" or not sys.platform.startswith("linux"):
+        return True
+    return os.path.exists("/proc/driver/nvidia") or bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
+def cpu_count() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
+def resolve_device(name="auto"):
     """Return the device to run on.
 
     ``"auto"`` picks CUDA, then Apple's MPS, then the CPU. An explicit device that
@@ -26,11 +74,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     user who asked for a GPU learns they are not getting one. ``"cuda:1"`` style
     indices are accepted.
     """
+    import torch
+
     if isinstance(name, torch.device):
         return name
-    kind = name.split(":", 1)[0]
-    if kind not in DEVICE_CHOICES:
-        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    kind = check_device(name).split(":", 1)[0]
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -44,8 +92,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def describe_device(device: torch.device) -> str:
-    """A human name for ``device``, recorded in model files: the GPU's name, or the CPU's model and thread count."""
+def describe_device(device) -> str:
+    """A human name for a torch ``device``, recorded in model files: the GPU's name, or the CPU's model and threads."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":

@@ -11,6 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (its type's name when empty).
+
+    Runtimes and decoders raise errors with pages of C++ context; a user-facing
+    message names the file and this one line.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class FastNSTError(Exception):
     """Base class: a user-facing problem with a one-line message."""
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnst.checkpoint import ModelInfo, load_model
-from fastnst.errors import ConfigError, FastNSTError, FileError
+from fastnst.errors import ConfigError, FastNSTError, FileError, first_line
 from fastnst.files import atomic_path
 from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet
 from fastnst.onnx_format import INPUT_NAME, IO_MODES, OUTPUT_NAME, STYLE_INPUT, onnx_metadata
@@ -241,7 +241,7 @@ def to_onnx(net: TransformerNet, info: ModelInfo | None = None, io: str = "float
                                         input_names=names, output_names=[OUTPUT_NAME],
                                         dynamic_shapes=shapes, optimize=True)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; the user needs one line
-        raise FastNSTError(f"torch.onnx.export failed at opset {opset} ({_first_line(exc)})") from None
+        raise FastNSTError(f"torch.onnx.export failed at opset {opset} ({first_line(exc)})") from None
     model = program.model_proto
     got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
@@ -331,7 +331,7 @@ def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = Fals
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - ValidationError and shape-inference errors alike
-        raise VerificationError(f"onnx.checker rejects the exported graph: {_first_line(exc)}") from None
+        raise VerificationError(f"onnx.checker rejects the exported graph: {first_line(exc)}") from None
     ort = _ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -339,7 +339,7 @@ def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = Fals
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
         raise VerificationError(f"onnxruntime {ort.__version__} cannot load the exported graph: "
-                                f"{_first_line(exc)}") from None
+                                f"{first_line(exc)}") from None
     tolerance = verify_tolerance(io, fp16)
     reference_net = copy.deepcopy(net).float().eval()
     checks = []
@@ -362,7 +362,7 @@ def verify_onnx(model, net: TransformerNet, io: str = "float", fp16: bool = Fals
             got = session.run([OUTPUT_NAME], feeds)[0]
         except Exception as exc:  # noqa: BLE001
             raise VerificationError(f"onnxruntime failed on a {batch}x3x{height}x{width} input: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc)}") from None
         if got.shape != tuple(expected.shape):
             raise VerificationError(f"ONNX Runtime output shape {got.shape} for a {batch}x3x{height}x{width} input; "
                                     f"PyTorch gives {tuple(expected.shape)}")
@@ -423,8 +423,3 @@ def _check_writable(path: Path) -> None:
         raise FileError(path, f"cannot create it: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise FileError(path, f"cannot write there: folder {ancestor} is not writable")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:240] if text else type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 # Temporary files carry this marker so a resumed run can recognise and remove
 # leftovers of a killed one (see ``remove_stale_temporaries``).
 TEMP_MARKER = ".fastnst-tmp-"
+_TEMP_NAME = re.compile(re.escape(TEMP_MARKER) + r"(?P<stem>.*)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
 
 
 @contextlib.contextmanager
@@ -46,11 +48,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporary files left in ``folder`` (recursively) by a killed run; return how many."""
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is one of fastnst's temporary files (``atomic_path``'s or a probe)."""
+    return Path(path).name.startswith(TEMP_MARKER)
+
+
+def remove_stale_temporaries(folder: str | Path, owned=None) -> int:
+    """Delete temporary files a killed run left in ``folder`` (recursively); return how many.
+
+    ``owned(final_path)``, if given, keeps only the temporaries of files it
+    accepts (several processes may share one folder and each cleans its own).
+    """
     removed = 0
     for tmp in Path(folder).rglob(TEMP_MARKER + "*"):
+        final = final_name(tmp)
+        if owned is not None and (final is None or not owned(final)):
+            continue
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed += 1
     return removed
+
+
+def remove_temporaries_of(*targets: Path) -> None:
+    """Delete the temporaries a killed run left while writing ``targets`` (a checkpoint, a model file)."""
+    for target in targets:
+        for tmp in target.parent.glob(f"{TEMP_MARKER}{target.stem}-*{target.suffix}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def final_name(tmp: Path) -> Path | None:
+    """The file a temporary of ``atomic_path`` was going to become, or None for another kind of temporary."""
+    match = _TEMP_NAME.match(tmp.name)
+    return tmp.with_name(match["stem"] + (match["suffix"] or "")) if match else None

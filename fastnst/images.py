@@ -7,6 +7,8 @@ be read raises ``ImageError`` carrying the path and the reason, so a batch job
 can report the file in one line and go on.
 
 Tensors are (3, H, W) or (B, 3, H, W) float RGB in 0–1, the package's range.
+PyTorch is imported only by the functions that make or take tensors, so the
+stylization path can decode and encode without it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fastnst.errors import ConfigError, ImageError
+from fastnst.errors import ConfigError, ImageError, first_line
 from fastnst.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,6 @@ _SAVE_FORMATS = {
 }
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -74,7 +70,7 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
                 try:
                     img = ImageOps.exif_transpose(img)
                 except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not lose the photo
-                    log.warning("%s: ignoring unreadable EXIF orientation (%s)", path, _first_line(exc))
+                    log.warning("%s: ignoring unreadable EXIF orientation (%s)", path, first_line(exc))
                 return to_rgb(img, path)
     except ImageError:
         raise
@@ -91,7 +87,7 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
             raise ImageError(path, "a symlink loop (the link leads back to itself), not an image") from None
-        raise ImageError(path, f"cannot decode ({_first_line(exc)}); the file may be truncated or corrupt") from None
+        raise ImageError(path, f"cannot decode ({first_line(exc)}); the file may be truncated or corrupt") from None
 
 
 def to_rgb(img: Image.Image, path: str | Path = "<image>") -> Image.Image:
@@ -115,38 +111,55 @@ def to_rgb(img: Image.Image, path: str | Path = "<image>") -> Image.Image:
             return Image.alpha_composite(background, rgba).convert("RGB")
         return img.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise ImageError(path, f"unsupported image mode {mode} ({_first_line(exc)})") from None
+        raise ImageError(path, f"unsupported image mode {mode} ({first_line(exc)})") from None
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image → (3, H, W) float32 tensor in 0–1."""
+def to_tensor(img: Image.Image):
+    """RGB image → (3, H, W) float32 torch tensor in 0–1."""
+    import torch
+
     array = np.array(to_rgb(img), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
-def to_float(tensor: torch.Tensor) -> torch.Tensor:
-    """uint8 tensor 0–255 → float32 0–1 (as ``to_tensor`` computes it); a float tensor → float32 unchanged."""
-    if tensor.dtype == torch.uint8:
-        return tensor.float().div_(255.0)
-    return tensor.float()
+def to_float(pixels):
+    """uint8 0–255 → float32 0–1 (as ``to_tensor`` computes it); float → float32 unchanged.
+
+    Takes a numpy array or a torch tensor of any shape and returns the same kind.
+    """
+    if isinstance(pixels, np.ndarray):
+        if pixels.dtype == np.uint8:
+            return np.divide(pixels, np.float32(255.0), dtype=np.float32)
+        return pixels.astype(np.float32, copy=False)
+    import torch
+
+    if pixels.dtype == torch.uint8:
+        return pixels.float().div_(255.0)
+    return pixels.float()
 
 
-def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in 0–1 → 8-bit RGB image (clamped, rounded)."""
-    if tensor.dim() == 4:
+def to_pil(tensor) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) tensor or array in 0–1 → 8-bit RGB image (clamped, rounded)."""
+    if tensor.ndim == 4:
         if tensor.shape[0] != 1:
             raise ValueError(f"to_pil takes one image, got a batch of {tensor.shape[0]}")
         tensor = tensor[0]
-    array = to_uint8(tensor).permute(1, 2, 0).cpu().numpy()
+    array = to_uint8(tensor)
+    array = array.transpose(1, 2, 0) if isinstance(array, np.ndarray) else array.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def to_uint8(tensor: torch.Tensor) -> torch.Tensor:
-    """Float tensor in 0–1 (any shape) → uint8 tensor 0–255: clamped, rounded to nearest, same shape and device.
+def to_uint8(image):
+    """Float image in 0–1 (any shape; numpy array or torch tensor) → uint8 0–255 of the same kind and shape.
 
-    The one quantisation step of the package, so tiles, batches and single images give the same bytes.
+    Clamped and rounded to nearest (ties to even, in numpy and torch alike): the one
+    quantisation step of the package, so tiles, batches and single images give the same bytes.
     """
-    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    if isinstance(image, np.ndarray):
+        return np.rint(np.clip(image.astype(np.float32, copy=False), 0, 1) * np.float32(255)).astype(np.uint8)
+    import torch
+
+    return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:
@@ -159,12 +172,12 @@ def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:
 
 
 def load_image(path: str | Path, max_size: int | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Open ``path`` (see ``open_image``), optionally downsize its long side, → (3, H, W) in 0–1."""
     return to_tensor(resize_long_side(open_image(path, max_pixels), max_size))
 
 
-def save_image(image: Image.Image | torch.Tensor, path: str | Path, quality: int = 95) -> Path:
+def save_image(image, path: str | Path, quality: int = 95) -> Path:
     """Write an image atomically, the format chosen by the suffix (.jpg .png .webp .tif .bmp).
 
     ``quality`` applies to JPEG and WebP. Encoder settings are fixed, so the same
@@ -177,7 +190,7 @@ def save_image(image: Image.Image | torch.Tensor, path: str | Path, quality: int
                           f"{', '.join(sorted(_SAVE_FORMATS))}")
     if not 1 <= quality <= 100:
         raise ConfigError(f"quality must be 1–100, got {quality}")
-    if isinstance(image, torch.Tensor):
+    if not isinstance(image, Image.Image):  # a (3, H, W) or (1, 3, H, W) tensor or array in 0–1
         image = to_pil(image)
     options: dict = {}
     if fmt == "JPEG":
@@ -203,13 +216,13 @@ def encode_thumbnail(path: str | Path, side: int = 128) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_thumbnail(data: str, what: str = "thumbnail") -> torch.Tensor:
+def decode_thumbnail(data: str, what: str = "thumbnail"):
     """The (3, h, w) 0–1 image of ``encode_thumbnail``'s text; ``ImageError`` naming ``what`` if it is corrupt."""
     try:
         with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as img:
             return to_tensor(img.convert("RGB"))
     except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as exc:
-        raise ImageError(what, f"corrupt thumbnail ({_first_line(exc)})") from None
+        raise ImageError(what, f"corrupt thumbnail ({first_line(exc)})") from None
 
 
 def is_image_file(path: str | Path) -> bool:

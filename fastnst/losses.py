@@ -15,7 +15,8 @@ Normalisation (fixed, so weights transfer between image sizes and batch sizes):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,18 +46,22 @@ def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, tor
 
 
 def style_loss(features: Mapping[str, torch.Tensor], target_grams: Mapping[str, torch.Tensor],
-               weights: Mapping[str, float]) -> torch.Tensor:
+               weights: Mapping[str, float], item_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_layer weight · MSE(gram(features[layer]), target_grams[layer]).
 
     ``target_grams[layer]`` is (1, C, C) — one style for the whole batch — or
-    (B, C, C), one per batch item (several styles in one batch).
+    (B, C, C), one per batch item (several styles in one batch). With
+    ``item_weights`` (B,) each item's layer-weighted Gram MSE is multiplied by
+    its own weight and the batch mean taken (what a batch mixing styles needs).
     """
-    terms = []
+    per_item = 0
     for name, w in weights.items():
         gram = gram_matrix(features[name])
         target = target_grams[name].to(gram.dtype).expand_as(gram)
-        terms.append(w * F.mse_loss(gram, target))
-    return torch.stack(terms).sum()
+        per_item = per_item + w * (gram - target).pow(2).mean(dim=(1, 2))
+    if item_weights is not None:
+        per_item = item_weights.to(per_item.dtype) * per_item
+    return per_item.mean()
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
@@ -90,6 +95,44 @@ def parse_layer_weights(text: str | Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+def parse_scales(value: str | float | Sequence[float]) -> tuple[float, ...]:
+    """``"1,0.5,0.25"`` (or numbers) → ``(1.0, 0.5, 0.25)``: the image scales the style loss is taken at.
+
+    Each scale is in (0, 1] and appears once; their order is kept.
+    """
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, (int, float)) else value)
+    try:
+        scales = tuple(float(item) for item in items if str(item).strip())
+    except ValueError:
+        raise ConfigError(f"--style-scales {value!r}: write numbers in (0, 1] separated by commas, "
+                          "e.g. 1,0.5,0.25") from None
+    if not scales or any(not (0 < s <= 1) for s in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"--style-scales {value!r}: give distinct numbers in (0, 1], e.g. 1,0.5,0.25")
+    return scales
+
+
+def scale_key(layer: str, scale: float) -> str:
+    """The key of a style layer's Gram at one scale: ``relu2_1`` at scale 1, ``relu2_1@0.5`` at ½."""
+    return layer if scale == 1 else f"{layer}@{scale:g}"
+
+
+def downscale(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, 3, H, W) → the image ``scale`` times smaller, antialiased and differentiable (the style pyramid).
+
+    A scale of 1/k (k whole) is a k×k box filter (``avg_pool2d``: exact, cheap,
+    and it runs under bf16 autocast on the CPU); any other scale is an
+    antialiased bilinear resize computed in fp32. Sides never drop below 1.
+    """
+    if scale == 1:
+        return image
+    k = round(1 / scale)
+    if abs(k * scale - 1) < 1e-9 and min(image.shape[-2:]) >= k:
+        return F.avg_pool2d(image, k)
+    size = [max(1, round(side * scale)) for side in image.shape[-2:]]
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        return F.interpolate(image.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """Which VGG layers feed which loss, and how the three losses are weighted.
@@ -114,13 +157,16 @@ class LossSpec:
     content_weight: float = 1e5
     style_weight: float = 1e10
     tv_weight: float = 0.0
+    style_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "content_layers", parse_layer_weights(self.content_layers))
         object.__setattr__(self, "style_layers", parse_layer_weights(self.style_layers))
+        object.__setattr__(self, "style_scales", parse_scales(self.style_scales))
         for name in ("content_weight", "style_weight", "tv_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {value}")
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -129,10 +175,17 @@ class LossSpec:
 
 
 def style_grams(vgg: torch.nn.Module, style: torch.Tensor, spec: LossSpec) -> dict[str, torch.Tensor]:
-    """Target Gram matrices of a (B, 3, H, W) style batch, one (B, C, C) per style layer, no gradient."""
+    """Target Gram matrices of a (B, 3, H, W) style batch, no gradient: one (B, C, C) per style layer and scale.
+
+    Keys are ``scale_key(layer, scale)``; at each of ``spec.style_scales`` the
+    style image is downscaled exactly as the stylized image is in ``perceptual_losses``.
+    """
+    grams = {}
     with torch.no_grad():
-        features = vgg(style)
-        return {name: gram_matrix(features[name]) for name in spec.style_layers}
+        for scale in spec.style_scales:
+            features = vgg(downscale(style, scale))
+            grams.update({scale_key(name, scale): gram_matrix(features[name]) for name in spec.style_layers})
+    return grams
 
 
 def content_targets(vgg: torch.nn.Module, content: torch.Tensor, spec: LossSpec) -> dict[str, torch.Tensor]:
@@ -143,17 +196,29 @@ def content_targets(vgg: torch.nn.Module, content: torch.Tensor, spec: LossSpec)
 
 
 def perceptual_losses(vgg: torch.nn.Module, image: torch.Tensor, content: Mapping[str, torch.Tensor],
-                      grams: Mapping[str, torch.Tensor], spec: LossSpec) -> dict[str, torch.Tensor]:
+                      grams: Mapping[str, torch.Tensor], spec: LossSpec, item_weights: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
     """Weighted content, style and TV losses of ``image`` (B, 3, H, W, 0–1) and their sum.
 
-    ``content`` comes from ``content_targets`` and ``grams`` from ``style_grams``.
+    ``content`` comes from ``content_targets`` and ``grams`` from ``style_grams``
+    (Grams (1, C, C), or (B, C, C) for a batch mixing styles). The style loss is
+    the mean over ``spec.style_scales`` of the style loss of ``image`` downscaled
+    to that scale (inside the graph, so gradients flow through the pyramid).
+    ``item_weights`` (B,): each item's style-loss weight, in place of
+    ``spec.style_weight`` (several styles in one batch, each with its own weight).
     Returns scalar tensors ``content``, ``style``, ``tv`` (already multiplied by
     their weights) and ``total``; gradients flow to ``image``.
     """
     features = vgg(image)
+    style = 0
+    for scale in spec.style_scales:
+        scaled = features if scale == 1 else vgg(downscale(image, scale))
+        targets = {name: grams[scale_key(name, scale)] for name in spec.style_layers}
+        style = style + style_loss(scaled, targets, spec.style_layers, item_weights)
+    style_weight = 1.0 if item_weights is not None else spec.style_weight
     losses = {
         "content": spec.content_weight * content_loss(features, content, spec.content_layers),
-        "style": spec.style_weight * style_loss(features, grams, spec.style_layers),
+        "style": style_weight * style / len(spec.style_scales),
         "tv": spec.tv_weight * tv_loss(image),
     }
     losses["total"] = losses["content"] + losses["style"] + losses["tv"]

@@ -36,10 +36,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastnst import __version__
 from fastnst.checkpoint import ModelInfo
 from fastnst.errors import ModelFileError
-from fastnst.models.transformer import TransformerSpec
+from fastnst.models.spec import TransformerSpec
+from fastnst.version import __version__
 
 IO_MODES = ("float", "uint8")
 ONNX_FORMAT = "fastnst-onnx"

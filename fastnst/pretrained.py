@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fastnst.errors import ConfigError, WeightsError
+from fastnst.errors import ConfigError, WeightsError, first_line
 from fastnst.losses import LossSpec
 from fastnst.models.vgg import FLAVOURS, VGGFeatures
 
@@ -118,7 +118,7 @@ def _read_file(path: str) -> dict:
             return load_file(str(p))
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to decode is the same user problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise WeightsError(f"{path}: not a readable VGG weight file ({reason[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -133,7 +133,7 @@ def _download(arch: str, flavour: str) -> dict:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True,
                                                   progress=False)
     except Exception as exc:  # noqa: BLE001 - network, hash and disk errors all need the same advice
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
         raise WeightsError(
             f"could not fetch {arch} {flavour} weights from {url} ({reason[:160]}); download that file into "

@@ -72,10 +72,10 @@ def run_baseline(folder: Path, steps: int) -> tuple[list[float], list[float]]:
     """pytorch/examples' training step, written the plain way. Returns (step end times, losses)."""
     import torch.nn.functional as F
 
-    from fastnst.data import EpochBatchSampler, PhotoDataset, find_images, split_holdout
     from fastnst.images import load_image
     from fastnst.models.transformer import TransformerNet
     from fastnst.models.vgg import VGGFeatures
+    from fastnst.train.data import EpochBatchSampler, PhotoDataset, find_images, split_holdout
 
     torch.manual_seed(SEED)
     transformer = TransformerNet()

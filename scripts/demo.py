@@ -15,6 +15,7 @@ project's own output (PSNR; a faithful implementation reaches about 28 dB).
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import time
@@ -150,5 +151,13 @@ def run(models: Path = REPO / "checkpoints", out: Path = OUT) -> int:
     return 0
 
 
+def main_cli() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=REPO / "checkpoints", help="folder of model files")
+    parser.add_argument("--out", type=Path, default=OUT, help="output folder (default demo-output/)")
+    args = parser.parse_args()
+    return run(args.models, args.out)
+
+
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main_cli())

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from fastnst.checkpoint import load_model
-from fastnst.data import load_photo
 from fastnst.images import load_image, save_image
 from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
 from fastnst.pretrained import load_loss_network
 from fastnst.train import TrainConfig, fit
+from fastnst.train.data import load_photo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARGET = 1.15

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from fastnst.checkpoint import load_model
-from fastnst.data import load_photo
 from fastnst.images import load_image, save_image
 from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
 from fastnst.pretrained import load_loss_network
+from fastnst.train.data import load_photo
 
 
 def main(argv: list[str] | None = None) -> int:

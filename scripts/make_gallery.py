@@ -17,8 +17,8 @@ from pathlib import Path
 
 from demo import bundled_styles, contact_sheet, sample_photo
 
-from fastnst.engine import Stylizer
 from fastnst.images import load_image, save_image
+from fastnst.stylize import Stylizer
 
 REPO = Path(__file__).resolve().parents[1]
 

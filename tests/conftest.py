@@ -20,9 +20,23 @@ requires_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent (it sits beside the checkout in dev and CI)")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """One graph cache for the whole run (OpenVINO's compiled-graph cache is set once per process)."""
+    import os
+
+    os.environ["FASTNST_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastnst-cache"))
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 @pytest.fixture(autouse=True)
-def _no_downloads(monkeypatch, tmp_path):
-    """Nothing downloads in tests: an attempted download fails as if offline, and the hub cache is empty."""
+def _hermetic(monkeypatch, tmp_path):
+    """Tests touch nothing outside their folder and never download.
+
+    An attempted download fails as if offline and the hub cache is empty; the
+    graph cache (``FASTNST_CACHE_DIR``) is the session's own and GPUs are hidden
+    (``_session_cache``; a test that needs a GPU is marked and unhides it).
+    """
     import urllib.error
 
     def offline(*args, **kwargs):

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastnst.backends import Backend, backend_class
-from fastnst.backends import onnxruntime as ort_backend
+from fastnst.backends import Backend, backend_class, onnx_graph
 from fastnst.backends.onnxruntime import BackendInputError, OnnxRuntimeBackend, providers_for
 from fastnst.backends.torch import TorchBackend
 from fastnst.checkpoint import load_model
@@ -98,7 +97,7 @@ def test_the_exported_file_stays_image_in_image_out(exports):
     b.norm_stats(torch.rand(1, 3, 16, 16))
     model = onnx.load(str(exports["float"].path))
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["styled"]
-    stats, fixed = ort_backend.stats_graph(model), ort_backend.fixed_stats_graph(model)
+    stats, fixed = onnx_graph.stats_graph(model), onnx_graph.fixed_stats_graph(model)
     assert len(stats.graph.output) == 22 and len(fixed.graph.input) == 1 + 22
     assert not any(n.op_type == "InstanceNormalization" for n in fixed.graph.node)
 
@@ -118,7 +117,7 @@ def test_wrong_input_gives_a_clear_error_not_an_ort_trace(exports):
         assert "ONNXRuntimeError" not in str(info.value) and len(str(info.value).splitlines()) == 1
     # numpy arrays and float64 are fine.
     x = np.random.default_rng(0).random((1, 3, 9, 11))
-    torch.testing.assert_close(b.run(x), b.run(torch.from_numpy(x).float()))
+    torch.testing.assert_close(torch.from_numpy(b.run(x)), b.run(torch.from_numpy(x).float()))
     stats = b.norm_stats(torch.rand(1, 3, 16, 16))
     with pytest.raises(BackendInputError, match="norm_stats has 10 entries, the network has 11"):
         b.run(torch.rand(1, 3, 16, 16), norm_stats=stats[:-1])

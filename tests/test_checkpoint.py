@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from fastnst.checkpoint import FORMAT_VERSION, ConvertConfig, convert_model, load_model, read_info, save_model
+from fastnst.checkpoint import FORMAT_VERSION, load_model, read_info, save_model
 from fastnst.cli import main
+from fastnst.convert import ConvertConfig, convert_model
 from fastnst.errors import ConfigError, ImageError, ModelFileError
 from fastnst.files import TEMP_MARKER
 from fastnst.images import decode_thumbnail, encode_thumbnail, to_uint8

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastnst.data import (
+from fastnst.errors import ConfigError, FastNSTError
+from fastnst.train.data import (
     EpochBatchSampler,
     PhotoDataset,
     find_images,
@@ -19,7 +20,6 @@ from fastnst.data import (
     split_holdout,
     start_epoch,
 )
-from fastnst.errors import ConfigError, FastNSTError
 
 import image_corpus as corpus
 

@@ -17,12 +17,11 @@ from PIL import Image
 
 from fastnst.backends.torch import TorchBackend
 from fastnst.cli import main
-from fastnst.engine import StylizeConfig, Stylizer
 from fastnst.errors import ConfigError
 from fastnst.files import TEMP_MARKER
 from fastnst.images import open_image, to_pil, to_tensor
 from fastnst.models.transformer import TransformerNet
-from fastnst.pipeline import stylize_files
+from fastnst.stylize import StylizeConfig, Stylizer, stylize_files
 
 import image_corpus as corpus
 from conftest import REPO, gradient_image
@@ -51,6 +50,9 @@ class SpyBackend:
 
     def norm_stats(self, batch):
         return self.inner.norm_stats(batch)
+
+    def __getattr__(self, name):  # the rest of the backend contract: the torch backend's
+        return getattr(self.inner, name)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -329,7 +331,7 @@ def test_shards_split_one_job_through_cli_and_torchrun_environment(tmp_path, mod
 
 
 def test_odd_decoder_and_writer_failures_are_reported_not_fatal(tmp_path, model_file, monkeypatch):
-    import fastnst.pipeline as pipeline
+    import fastnst.stylize.pipeline as pipeline
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from fastnst.errors import ConfigError, FastNSTError
 from fastnst.files import TEMP_MARKER
-from fastnst.inputs import (
+from fastnst.stylize.inputs import (
     Shard,
     discover,
     output_suffix,

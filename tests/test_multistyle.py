@@ -18,24 +18,18 @@ from PIL import Image
 from torch import nn
 
 from fastnst.backends.torch import TorchBackend
-from fastnst.checkpoint import ConvertConfig, ModelInfo, convert_model, load_model, read_info, save_model
+from fastnst.checkpoint import ModelInfo, load_model, read_info, save_model
 from fastnst.cli import main
-from fastnst.engine import Stylizer
+from fastnst.convert import ConvertConfig, MergeError, convert_model, merge_models
 from fastnst.errors import ConfigError
 from fastnst.images import decode_thumbnail, to_uint8
 from fastnst.losses import LossSpec, content_targets, perceptual_losses
 from fastnst.models.transformer import SPECS, ConditionalInstanceNorm, TransformerNet
 from fastnst.models.vgg import VGGFeatures
-from fastnst.styles import (
-    MergeError,
-    StyleDraw,
-    add_styles,
-    merge_models,
-    resolve_style,
-    style_batch_losses,
-    train_only_rows,
-)
+from fastnst.styles import resolve_style
+from fastnst.stylize import Stylizer
 from fastnst.train import TrainConfig, fit
+from fastnst.train.styles import StyleDraw, add_styles, train_only_rows
 
 from conftest import gradient_image, psnr, random_vgg_state
 
@@ -101,7 +95,7 @@ def test_each_style_is_its_own_plain_network_and_index_equals_a_unit_mix():
 
 def test_a_half_half_mix_lies_between_its_styles():
     net, x = multi_net(), photos()
-    mix = resolve_style(NAMES, mix="starry=1,wave=1")
+    mix = torch.from_numpy(resolve_style(NAMES, mix="starry=1,wave=1"))
     assert mix.tolist() == [0.5, 0.5, 0.0]
     for _, norm in net.norm_layers():
         scale, shift = norm.affine(mix[None])
@@ -201,7 +195,7 @@ def test_mixed_style_batch_losses_match_the_plain_losses_item_by_item():
     targets = content_targets(vgg, content, spec)
     grams = {name: torch.rand(2, c, c) * 1e-2 for name, c in (("relu1_2", 64), ("relu2_2", 128))}
     weights = torch.tensor([3.0, 5.0])
-    losses = style_batch_losses(vgg, image, targets, grams, weights, spec)
+    losses = perceptual_losses(vgg, image, targets, grams, spec, item_weights=weights)
     expected_style = 0
     for i in range(2):  # independent: each item alone through perceptual_losses with its own weight
         item_spec = LossSpec(content_layers="relu2_2", style_layers="relu1_2,relu2_2:0.5", content_weight=2.0,
@@ -361,7 +355,7 @@ def test_cli_train_info_stylize_export_merge(setup, capsys):
     from fastnst.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend.from_file(onnx_path, device="cpu")
-    assert [i.name for i in backend._model.graph.input] == ["image", "style"]
+    assert [i.name for i in backend.model.graph.input] == ["image", "style"]
     for choice in ({"style": "mosaic"}, {"style_mix": "wave=0.5,mosaic=0.5"}):
         ort_out = Stylizer(backend, tile_size=4096, **choice)(x)
         torch_out = stylizer(net, tile_size=4096, **choice)(x)

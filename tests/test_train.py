@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-import fastnst.train as train_module
+import fastnst.train.loop as train_module
 from fastnst.checkpoint import load_model, load_training_state, save_model, save_training_state
 from fastnst.cli import main
 from fastnst.errors import ConfigError, ModelFileError

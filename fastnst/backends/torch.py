@@ -10,28 +10,36 @@ Speed options live here, not in the engine, because only this runtime has them:
   want. ``None`` turns it on for CUDA only: on the CPU (oneDNN) it measured no
   faster at 256² and slower at 1920×1080 (``scripts/bench_stylize.py``).
 * ``compile``: ``torch.compile`` the forward (dynamic shapes, so photos of many
-  sizes share one compiled graph). It costs a compilation at the first batch.
+  sizes share one compiled graph). It costs a compilation at the first batch,
+  and a compiled forward runs one photo at a time (``concurrent`` is False).
+
+Streams: with ``set_streams(n)``, n > 1, each calling thread runs its photo on
+one core (``torch.set_num_threads(1)`` in that thread); ``set_streams(1)``
+gives the process its thread count back. With glibc keeping freed memory, one
+photo on all cores measured as fast as one photo per core, so 1 is the default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastnst.backends import like, region_moments
 from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import keep_freed_memory, resolve_device
 from fastnst.errors import ConfigError
-from fastnst.models.transformer import NormStats, TransformerNet, fixed_norm, padded_size, style_weights
-from fastnst.tiling import region_moments
+from fastnst.models.transformer import NormStats, TransformerNet, padded_size, style_weights
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchBackend:
-    """Runs ``net`` on ``device`` without autograd; inputs and outputs are CPU float32 tensors (B, 3, H, W).
+    """Runs ``net`` on ``device`` without autograd; takes and returns CPU float32 (B, 3, H, W), numpy or torch.
 
     ``no_grad`` rather than ``inference_mode``: callers may modify the results in place.
     ``style`` (multi-style models): the style weights (N,) every image is stylized
@@ -39,9 +47,12 @@ class TorchBackend:
     """
 
     name = "torch"
-    style: torch.Tensor | None = None
+    dtypes = tuple(DTYPES)
+    options = ("channels_last", "compile")
+    default_streams = 1
+    style = None
 
-    def __init__(self, net: TransformerNet, device: str | torch.device = "auto", info: ModelInfo | None = None, *,
+    def __init__(self, net: TransformerNet, device="auto", info: ModelInfo | None = None, *,
                  dtype: str = "fp32", channels_last: bool | None = None, compile: bool = False) -> None:
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -56,15 +67,37 @@ class TorchBackend:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.info = info or ModelInfo(spec=net.spec)
+        self.streams, self._threads, self._local = 1, torch.get_num_threads(), threading.local()
 
     @classmethod
-    def from_file(cls, path: str | Path, *, device: str | torch.device = "auto", dtype: str = "fp32",
+    def from_file(cls, path: str | Path, *, device="auto", dtype: str | None = None,
                   channels_last: bool | None = None, compile: bool = False) -> TorchBackend:
         """Load a fastnst ``.safetensors`` or pytorch/examples ``.pth`` model file."""
         net, info = load_model(path)
-        return cls(net, device, info, dtype=dtype, channels_last=channels_last, compile=compile)
+        return cls(net, device, info, dtype=dtype or "fp32", channels_last=channels_last, compile=compile)
 
-    def _input(self, batch: torch.Tensor) -> torch.Tensor:
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def concurrent(self) -> bool:
+        """A compiled forward is not thread-safe: one photo at a time."""
+        return not self.compiled
+
+    def set_streams(self, streams: int) -> None:
+        if streams > 1 and self.streams == 1:
+            self._threads = torch.get_num_threads()
+        elif streams == 1 and self.streams > 1:
+            torch.set_num_threads(self._threads)  # a worker's setting also changed the process default
+        self.streams = int(streams)
+
+    def _input(self, batch) -> torch.Tensor:
+        if self.streams > 1 and not getattr(self._local, "one_core", False):
+            torch.set_num_threads(1)
+            self._local.one_core = True
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return batch.to(self.device, torch.float32).contiguous(memory_format=fmt)
 
@@ -73,9 +106,13 @@ class TorchBackend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
+    def _stats(self, norm_stats: NormStats | None) -> NormStats | None:
+        if norm_stats is None:
+            return None
+        return [(torch.as_tensor(m).to(self.device), torch.as_tensor(v).to(self.device)) for m, v in norm_stats]
+
     @torch.no_grad()
-    def run(self, batch: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
-        stats = None if norm_stats is None else [(m.to(self.device), v.to(self.device)) for m, v in norm_stats]
+    def run(self, batch, norm_stats: NormStats | None = None):
         x = self._input(batch)
         height, width = x.shape[-2:]
         if self.compiled:
@@ -83,65 +120,27 @@ class TorchBackend:
             # multiples of 4 and is not compiled again for each remainder of the size modulo 4.
             x = F.pad(x, (0, padded_size(width) - width, 0, padded_size(height) - height), mode="replicate")
         with self._autocast():
-            out = self._forward(x, norm_stats=stats, style=self._style(x))
-        return out[..., :height, :width].float().cpu().contiguous()
+            out = self._forward(x, norm_stats=self._stats(norm_stats), style=self._style(x))
+        out = out[..., :height, :width].float().cpu().contiguous()
+        return like(batch, out.numpy())
 
     @torch.no_grad()
-    def norm_stats(self, batch: torch.Tensor) -> NormStats:
-        with self._autocast():
-            x = self._input(batch)
-            stats = self.net.compute_norm_stats(x, style=self._style(x))
-        return [(m.float().cpu(), v.float().cpu()) for m, v in stats]
-
-    @torch.no_grad()
-    def region_sums(self, batch: torch.Tensor, known: NormStats, region: tuple[int, int, int, int]
-                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-channel sum and sum of squares (float64, (C,)) and count of the input of InstanceNorm ``len(known)``.
-
-        The network runs on ``batch`` with ``known`` fixing the statistics of
-        the InstanceNorms before it, and stops there. Only rows ``y0:y1`` and
-        columns ``x0:x1`` of ``region`` (full-resolution pixels of the padded
-        input, multiples of 4) are counted, mapped to that layer's resolution. This
-        optional capability lets ``fastnst.tiling.exact_stats`` add up a large
-        image's exact statistics tile by tile.
-        """
+    def norm_stats(self, batch) -> NormStats:
         x = self._input(batch)
-        height, width = x.shape[-2:]
-        x = F.pad(x, (0, padded_size(width) - width, 0, padded_size(height) - height), mode="replicate")
-        probe = _Probe([(m.to(self.device), v.to(self.device)) for m, v in known], region, x.shape[-2],
-                       self._style(x))
-        try:
-            with self._autocast():
-                for layer in (*self.net.encoder, *self.net.residual, *self.net.decoder):
-                    x = layer(x, probe)
-        except _Measured:
-            s1, s2, count = probe.result
-            return s1.cpu(), s2.cpu(), count
-        raise ValueError(f"the network has {len(known)} InstanceNorms, no InstanceNorm number {len(known)}")
+        with self._autocast():
+            stats = self.net.compute_norm_stats(x, style=self._style(x))
+        return [(like(batch, m.float().cpu().numpy()), like(batch, v.float().cpu().numpy())) for m, v in stats]
+
+    @torch.no_grad()
+    def region_sums(self, batch, known: NormStats, region: tuple[int, int, int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """See ``fastnst.backends.Backend.region_sums``: the network stops at the input of norm ``len(known)``."""
+        x = self._input(batch)
+        with self._autocast():
+            features = self.net.norm_input(x, self._stats(known), style=self._style(x))
+        return region_moments(features.float().cpu().numpy(), region, padded_size(x.shape[-2]))
 
     def _style(self, x: torch.Tensor) -> torch.Tensor | None:
         """``style`` as (B, N) weights on the device (None for a single-style network)."""
-        return style_weights(self.net.spec.num_styles, self.style, x.shape[0], self.device)
-
-
-class _Measured(Exception):
-    """Raised by ``_Probe`` to end a forward pass as soon as the wanted statistics are taken."""
-
-
-class _Probe:
-    """Stands in for ``fastnst.models.transformer._Norms``: fixed statistics up to one layer, then a measurement."""
-
-    def __init__(self, known: NormStats, region: tuple[int, int, int, int], full_height: int,
-                 style: torch.Tensor | None = None) -> None:
-        self.known, self.region, self.full_height, self.index = known, region, full_height, 0
-        self.style = style
-        self.result: tuple[torch.Tensor, torch.Tensor, int] | None = None
-
-    def __call__(self, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.index < len(self.known):
-            mean, var = self.known[self.index]
-            self.index += 1
-            return fixed_norm(norm, x, mean, var, self.style)
-        self.result = region_moments(x, self.region, self.full_height)
-        raise _Measured
-
+        style = None if self.style is None else torch.as_tensor(np.asarray(self.style, np.float32))
+        return style_weights(self.net.spec.num_styles, style, x.shape[0], self.device)

@@ -1,8 +1,10 @@
 """The ``fastnst`` command line: parse arguments into config dataclasses and call the library.
 
-This package is the only place that prints or exits: one module per command
-(``info`` also holds ``convert``, ``optimize`` also ``score``), the option
-helpers they share in ``options``. Exit codes: 0 success, 1 a run finished but
+This package is the only place that prints or exits: one module per command,
+the option helpers they share in ``options``. Each command's options are built
+only when that command runs (``fastnst --help`` lists the commands without
+them), so a command never imports what another needs: ``fastnst --version``
+and ``fastnst stylize`` with OpenVINO start without PyTorch. Exit codes: 0 success, 1 a run finished but
 some inputs failed (each named on stderr) or the run could not be done, 2 a
 usage error (bad option or value), 130 interrupted.
 """
@@ -13,20 +15,25 @@ import argparse
 import logging
 import sys
 
-from fastnst import __version__
-from fastnst.cli import export, info, optimize, stylize, train
+from fastnst.cli import convert, export, info, optimize, score, stylize, train
 from fastnst.errors import ConfigError, FastNSTError
+from fastnst.version import __version__
+
+COMMANDS = {"train": train.add_train, "stylize": stylize.add_stylize, "export": export.add_export,
+            "optimize": optimize.add_optimize, "score": score.add_score, "info": info.add_info,
+            "convert": convert.add_convert}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; only the command ``argv`` names gets its options."""
     parser = argparse.ArgumentParser(prog="fastnst", description="Fast neural style transfer.")
     parser.add_argument("--version", action="version", version=f"fastnst {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("-q", "--quiet", action="store_true", help="only log errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (info.add_info, info.add_convert, stylize.add_stylize, optimize.add_optimize, optimize.add_score,
-                export.add_export, train.add_train):
-        add(sub)
+    named = next((arg for arg in argv or () if not arg.startswith("-")), None)
+    for name, add in COMMANDS.items():
+        add(sub, options=name == named)
     return parser
 
 
@@ -42,7 +49,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fastnst`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 
 
-def add_export(sub: argparse._SubParsersAction) -> None:
-    from fastnst.export import DEFAULT_OPSET, IO_MODES
-
+def add_export(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p = sub.add_parser("export", help="export a model to ONNX, verified against ONNX Runtime",
                        description="Export a model to one .onnx file that runs at any batch size and image size "
                                    "(padding and crop inside the graph), then check it with onnx.checker and "
                                    "ONNX Runtime against PyTorch on two image sizes.")
+    p.set_defaults(run=_run_export)
+    if not options:
+        return
+    from fastnst.export import DEFAULT_OPSET, IO_MODES
+
     p.add_argument("model", help="model file (.safetensors, or pytorch/examples .pth)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     p.add_argument("--io", choices=IO_MODES, default="float",
@@ -22,7 +25,6 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check the graph with onnx.checker and ONNX Runtime vs PyTorch (default on)")
-    p.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -8,17 +8,19 @@ import json
 from fastnst.errors import ConfigError
 
 
-def add_info(sub: argparse._SubParsersAction) -> None:
+def add_info(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p = sub.add_parser("info", help="show what a model file holds, or which backends this machine has",
                        description="Print a model file's network spec, parameter count, styles and training "
                                    "config (fastnst .safetensors or pytorch/examples .pth); with --backends, "
                                    "the backends installed here and what --backend auto picks.")
+    p.set_defaults(run=_run_info)
+    if not options:
+        return
     p.add_argument("model", nargs="?", help="model file")
     p.add_argument("--backends", action="store_true",
                    help="list the backends (torch, onnxruntime, openvino), whether each is installed, and what "
                         "--backend auto picks here for a model file and for a .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(run=_run_info)
 
 
 def _backends_summary() -> dict:
@@ -102,29 +104,4 @@ def _run_info(args: argparse.Namespace) -> int:
         print("config")
         for key, value in info.config.items():
             print(f"  {key:22} {value}")
-    return 0
-
-
-def add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="turn a pytorch/examples model into a fastnst model file",
-                       description="Convert a pytorch/examples fast_neural_style checkpoint (.pth/.model, loaded "
-                                   "safely with weights_only) into a fastnst .safetensors model file.")
-    p.add_argument("source", nargs="?", help="pytorch/examples .pth or .model file (or a fastnst file to re-save)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
-    p.add_argument("--merge", nargs="+", default=[], metavar="MODEL",
-                   help="instead of SOURCE: model files sharing all non-norm weights (e.g. made with train --init), "
-                        "written as one multi-style model")
-    p.add_argument("--style-name", nargs="+", metavar="NAME",
-                   help="style name(s) stored in the file, one per style (default: the source's names, or its stem)")
-    p.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
-    p.set_defaults(run=_run_convert)
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    from fastnst.checkpoint import ConvertConfig, convert_model
-
-    config = ConvertConfig(source=args.source, output=args.output, style_name=args.style_name, half=args.half,
-                           merge=tuple(args.merge))
-    path = convert_model(config)
-    print(f"wrote {path}")
     return 0

@@ -35,6 +35,9 @@ def add_loss_options(p: argparse.ArgumentParser, style_weights: bool = False) ->
     else:
         g.add_argument("--style-weight", type=float, help="style loss weight (default 1e10)")
     g.add_argument("--tv-weight", type=float, help="total-variation weight (default 0)")
+    g.add_argument("--style-scales", metavar="S,S,...",
+                   help="take the style loss also on the image downscaled by these factors, averaged "
+                        "(e.g. 1,0.5,0.25: larger brush strokes; default 1)")
 
 
 def loss_spec(args: argparse.Namespace):
@@ -42,6 +45,6 @@ def loss_spec(args: argparse.Namespace):
     from fastnst.losses import LossSpec
 
     given = {name: getattr(args, name) for name in ("content_layers", "style_layers", "content_weight",
-                                                     "style_weight", "tv_weight")}
+                                                     "style_weight", "tv_weight", "style_scales")}
     return LossSpec(vgg=args.vgg, vgg_weights=args.vgg_weights, vgg_flavour=args.vgg_flavour,
                     **{k: v for k, v in given.items() if v is not None})

@@ -10,7 +10,7 @@ from fastnst.errors import ConfigError
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from fastnst.inputs import parse_shard
+    from fastnst.stylize.inputs import parse_shard
 
     try:
         return parse_shard(text)
@@ -25,18 +25,21 @@ def _strength(text: str) -> float:
     return value
 
 
-def add_stylize(sub: argparse._SubParsersAction) -> None:
-    from fastnst.backends import BACKEND_CHOICES, BACKEND_DTYPES
-    from fastnst.device import DEVICE_CHOICES
-    from fastnst.engine import DEFAULT_GPU_BATCH, TILE_STATS
-    from fastnst.images import DEFAULT_MAX_PIXELS
-    from fastnst.inputs import FORMATS
-
-    dtypes = sorted({d for values in BACKEND_DTYPES.values() for d in values})
+def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p = sub.add_parser("stylize", help="stylize image files, folders and globs with a model",
                        description="Stylize images with a trained model. Folders are searched recursively and "
                                    "mirrored under OUT_DIR; existing outputs are skipped unless --overwrite, so a "
                                    "killed run resumes; bad inputs are named and skipped (exit code 1).")
+    p.set_defaults(run=_run_stylize)
+    if not options:
+        return
+    from fastnst.backends import BACKEND_CHOICES, DTYPE_CHOICES
+    from fastnst.device import DEVICE_CHOICES
+    from fastnst.images import DEFAULT_MAX_PIXELS
+    from fastnst.stylize.config import DEFAULT_GPU_BATCH, DEFAULT_STALL_SECONDS
+    from fastnst.stylize.inputs import FORMATS
+    from fastnst.stylize.tiling import TILE_STATS
+
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns ('a/**/*.jpg')")
     p.add_argument("-m", "--model", required=True,
                    help="model file (.safetensors, pytorch/examples .pth, or .onnx from fastnst export)")
@@ -62,10 +65,10 @@ def add_stylize(sub: argparse._SubParsersAction) -> None:
                    help="runtime (default auto: torch on GPUs; on the CPU openvino when installed, else torch, or "
                         "onnxruntime for a .onnx file; `fastnst info --backends` says what it picks here)")
     g.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    g.add_argument("--dtype", choices=dtypes,
+    g.add_argument("--dtype", choices=DTYPE_CHOICES,
                    help="torch: fp32 (default, exact) or bf16/fp16 autocast (a few levels of 255 off); openvino: "
-                        "fp32 or bf16 (about 2x faster, a few levels of 255 off; the default on AMX CPUs, where it "
-                        "keeps >= 50 dB PSNR against fp32; fp32 elsewhere)")
+                        "fp32 or bf16 (2-7x faster; the default on CPUs with native bf16 (AMX, AVX512-BF16), where "
+                        "it keeps >= 50 dB PSNR against fp32 up to 4K; fp32 elsewhere)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="torch: NHWC memory layout (default: on for CUDA, off on CPU where it is no faster)")
     g.add_argument("--compile", action="store_true", help="torch: torch.compile the network (slow first batch)")
@@ -74,7 +77,7 @@ def add_stylize(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tile-size", type=positive_int,
                    help="photos over N×N pixels are stylized in tiles of at most N×N (default: an eighth of the "
                         "free memory per pass, 1024-4096; 1024 takes about 1 GB); lower it if memory runs out")
-    g.add_argument("--tile-stats", choices=TILE_STATS,
+    g.add_argument("--tile-stats", choices=TILE_STATS, default="exact",
                    help="statistics shared by the tiles: exact (default: the untiled result, about 6 extra "
                         "passes) or from a downscaled copy (thumbnail: one small extra pass, a visibly "
                         "different tone)")
@@ -85,12 +88,13 @@ def add_stylize(sub: argparse._SubParsersAction) -> None:
                         "photos always run one at a time on all cores")
     g.add_argument("--shard", type=_shard, metavar="I/N",
                    help="take share I of N (I from 0) of the inputs; under torchrun RANK/WORLD_SIZE are used")
-    p.set_defaults(run=_run_stylize)
+    g.add_argument("--stall-warning", type=float, default=DEFAULT_STALL_SECONDS, metavar="SECONDS",
+                   help=f"name on stderr any photo still decoding, computing or encoding after this long, and "
+                        f"again each time the wait doubles (default {DEFAULT_STALL_SECONDS:g})")
 
 
 def _run_stylize(args: argparse.Namespace) -> int:
-    from fastnst.engine import StylizeConfig
-    from fastnst.pipeline import stylize_files
+    from fastnst.stylize import StylizeConfig, stylize_files
 
     config = StylizeConfig(
         model=args.model, inputs=tuple(args.inputs), output_dir=args.output_dir, backend=args.backend,
@@ -99,7 +103,7 @@ def _run_stylize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, tile_size=args.tile_size,
         tile_stats=args.tile_stats, strength=args.strength,
         preserve_color=args.preserve_color, workers=args.workers, streams=args.streams, shard=args.shard,
-        report=args.report, style=args.style, style_mix=args.style_mix)
+        report=args.report, style=args.style, style_mix=args.style_mix, stall_seconds=args.stall_warning)
     report = stylize_files(config)
     print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
           file=sys.stderr)

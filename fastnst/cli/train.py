@@ -17,15 +17,18 @@ Under torchrun --nproc_per_node N the same command trains with DistributedDataPa
 (--batch-size is per process). Ctrl-C saves a checkpoint; continue with --resume auto."""
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
-    from fastnst.device import DEVICE_CHOICES
-    from fastnst.models.transformer import SPECS
-    from fastnst.train import AMP_CHOICES, DEFAULT_EPOCHS, LR_DECAYS
-
+def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p = sub.add_parser("train", help="train a style model from a style image and a folder of photos",
                        description="Train a feed-forward style network (Johnson et al. 2016) on a folder of "
                                    "photos for one style image and write it as a .safetensors model file.",
                        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=_run_train)
+    if not options:
+        return
+    from fastnst.device import DEVICE_CHOICES
+    from fastnst.models.transformer import SPECS
+    from fastnst.train.config import AMP_CHOICES, DEFAULT_EPOCHS, LR_DECAYS
+
     p.add_argument("--style", required=True, nargs="+", metavar="IMAGE",
                    help="the style image; several make one model carrying all of them (conditional instance norm)")
     p.add_argument("--style-name", nargs="+", metavar="NAME", help="names of the styles (default: the file stems)")
@@ -75,12 +78,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint; auto: the one beside -o if it exists, else start afresh")
     add_loss_options(p, style_weights=True)
-    p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import os
 
+    from fastnst.device import torchrun_rank
     from fastnst.train import TrainConfig, TrainingInterrupted, fit
 
     weights = tuple(args.style_weight or ())
@@ -101,6 +103,6 @@ def _run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"fastnst train: {exc}", file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+    if torchrun_rank()[0] == 0:  # under torchrun, one line from rank 0
         print(f"wrote {path}")
     return 0

@@ -1,6 +1,3 @@
-"""Networks: the image transformation network and the VGG loss network. No I/O here."""
-
-from fastnst.models.transformer import SPECS, TransformerNet, TransformerSpec, get_spec
-from fastnst.models.vgg import VGGFeatures
-
-__all__ = ["SPECS", "TransformerNet", "TransformerSpec", "VGGFeatures", "get_spec"]
+"""Networks, no I/O: ``spec`` (network shapes, plain Python), ``transformer`` (the image transformation
+network) and ``vgg`` (the VGG loss network). Import the module you need; this package imports nothing,
+so the stylization path can read a network's shape without loading PyTorch."""

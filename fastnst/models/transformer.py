@@ -22,93 +22,25 @@ the styles' norm parameters (``ConditionalInstanceNorm``).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastnst.errors import ConfigError
-
-# The network halves the resolution twice and doubles it twice, so inputs are
-# padded to a multiple of 4. The 3×3 reflection pads of the residual blocks need
-# at least 2 pixels at quarter resolution, hence at least 8 pixels at full size.
-SIZE_MULTIPLE = 4
-MIN_SIZE = 8
-
-
-@dataclass(frozen=True)
-class TransformerSpec:
-    """Shape of a transformation network.
-
-    ``channels`` are the widths after the first conv and after each downsampling
-    (the decoder mirrors them); ``num_residual`` is the number of residual blocks
-    at the narrowest resolution.
-    """
-
-    channels: tuple[int, int, int] = (32, 64, 128)
-    num_residual: int = 5
-    num_styles: int = 1
-
-    def __post_init__(self) -> None:
-        channels = tuple(int(c) for c in self.channels)
-        object.__setattr__(self, "channels", channels)
-        if len(channels) != 3 or any(c < 1 for c in channels):
-            raise ConfigError(f"spec channels must be three positive widths, got {self.channels}")
-        if self.num_residual < 0:
-            raise ConfigError(f"spec num_residual must be >= 0, got {self.num_residual}")
-        if int(self.num_styles) < 1:
-            raise ConfigError(f"spec num_styles must be >= 1, got {self.num_styles}")
-        object.__setattr__(self, "num_styles", int(self.num_styles))
-
-    def to_dict(self) -> dict:
-        """JSON-ready form; ``num_styles`` only when > 1, so single-style files keep their exact metadata."""
-        out = {"channels": list(self.channels), "num_residual": self.num_residual}
-        if self.num_styles > 1:
-            out["num_styles"] = self.num_styles
-        return out
-
-    def with_styles(self, num_styles: int) -> TransformerSpec:
-        """The same network carrying ``num_styles`` styles."""
-        return dataclasses.replace(self, num_styles=num_styles)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TransformerSpec:
-        """Rebuild a spec from ``to_dict`` output; unknown keys are an error, missing ones default."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown network spec field(s) {unknown}; known: {sorted(known)}")
-        kwargs = dict(data)
-        if "channels" in kwargs:
-            kwargs["channels"] = tuple(kwargs["channels"])
-        return cls(**kwargs)
-
-
-SPECS: dict[str, TransformerSpec] = {
-    # Johnson et al. / pytorch/examples: 1,679,235 parameters, 153,792 multiply-adds per pixel.
-    "johnson": TransformerSpec(),
-    # About 8x fewer multiply-adds: for CPUs, previews and phones.
-    "light": TransformerSpec(channels=(16, 32, 64), num_residual=3),
-}
-
-
-def get_spec(name: str) -> TransformerSpec:
-    """Look up a named spec; an unknown name raises ``ConfigError`` listing the valid ones."""
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise ConfigError(f"unknown network spec {name!r}; choose one of {', '.join(sorted(SPECS))}") from None
+from fastnst.models.spec import (  # noqa: F401 - re-exported: the network's shape lives beside it
+    SPECS,
+    NormStats,
+    TransformerSpec,
+    get_spec,
+    macs_per_pixel,
+)
+from fastnst.models.spec import padded_size as spec_padded_size
 
 
 def padded_size(n: int) -> int:
-    """Smallest size >= ``n`` the network accepts: a multiple of 4, at least 8."""
-    return torch.sym_max(MIN_SIZE, (n + SIZE_MULTIPLE - 1) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    """Smallest size >= ``n`` the network accepts (``fastnst.models.spec.padded_size``), traceable for export."""
+    return spec_padded_size(n, torch.sym_max)
 
 
-NormStats = list[tuple[torch.Tensor, torch.Tensor]]
-"""Per InstanceNorm layer, in forward order: (mean, var) of its input, each (B, C) or (1, C)."""
 
 
 class ConditionalInstanceNorm(nn.Module):
@@ -136,8 +68,8 @@ class ConditionalInstanceNorm(nn.Module):
         self.float32 = False
 
     def affine(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) style weights → per-image (scale, shift), each (B, C)."""
-        style = style.to(self.weight.dtype)[:, :, None]
+        """(B, N) style weights (a tensor or an array) → per-image (scale, shift), each (B, C)."""
+        style = torch.as_tensor(style, dtype=self.weight.dtype, device=self.weight.device)[:, :, None]
         return (style * self.weight).sum(dim=1), (style * self.bias).sum(dim=1)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -216,6 +148,23 @@ class _Norms:
         mean, var = self.fixed[self.index]
         self.index += 1
         return fixed_norm(norm, x, mean, var, self.style)
+
+
+class _Reached(Exception):
+    """Ends a forward pass at the InstanceNorm ``norm_input`` asked for, carrying that norm's input."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.x = x
+
+
+class _StopAt(_Norms):
+    """``_Norms`` with the first ``len(fixed)`` norms fixed, stopping the pass at the input of the next one."""
+
+    def __call__(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.index == len(self.fixed):
+            raise _Reached(x)
+        return super().__call__(norm, x)
 
 
 def _instance_norm(channels: int, num_styles: int) -> nn.Module:
@@ -304,6 +253,21 @@ class TransformerNet(nn.Module):
         self._run(x, norms)
         return norms.recorded
 
+    def norm_input(self, x: torch.Tensor, known: NormStats, style: torch.Tensor | None = None) -> torch.Tensor:
+        """The input of InstanceNorm number ``len(known)`` for ``x``, the norms before it fixed to ``known``.
+
+        (B, C, h, w) at that layer's resolution (the padded input's divided by 1, 2
+        or 4). The pass stops there, so measuring an early layer is cheap: this is
+        how a large image's exact statistics are added up tile by tile
+        (``fastnst.stylize.tiling.exact_stats``).
+        """
+        try:
+            self._run(x, _StopAt(fixed=list(known), style=self._style(style, x)))
+        except _Reached as reached:
+            return reached.x
+        raise ValueError(f"the network has {len(self.norm_layers())} InstanceNorms, no InstanceNorm number "
+                         f"{len(known)}")
+
     def _style(self, style: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
         return style_weights(self.spec.num_styles, style, x.shape[0], x.device)
 
@@ -322,16 +286,3 @@ class TransformerNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def macs_per_pixel(spec: TransformerSpec) -> int:
-    """Multiply-adds per output pixel of a forward pass (convs only), for throughput figures.
-
-    The default spec costs 153,792: the number the benchmarks divide by.
-    """
-    c1, c2, c3 = spec.channels
-    # Each conv's cost per output pixel, scaled by its resolution relative to the output.
-    full = 3 * c1 * 81 + c1 * 3 * 81 + c2 * c1 * 9  # 9×9 in, 9×9 out, last upsampling conv
-    half = (c1 * c2 * 9 + c3 * c2 * 9) / 4  # stride-2 conv to c2, first upsampling conv
-    quarter = (c2 * c3 * 9 + spec.num_residual * 2 * c3 * c3 * 9) / 16  # stride-2 conv to c3, residuals
-    return int(full + half + quarter)

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastnst.device import torchrun_rank
 from fastnst.errors import ConfigError, FastNSTError
 from fastnst.files import TEMP_MARKER, remove_stale_temporaries
 from fastnst.images import IMAGE_SUFFIXES, is_image_file
@@ -80,14 +81,8 @@ def resolve_shard(shard: tuple[int, int] | None, environ: Mapping[str, str] | No
     """The shard to take: the explicit one, else torchrun's ``RANK``/``WORLD_SIZE``, else the whole job."""
     if shard is not None:
         return Shard(*shard)
-    environ = os.environ if environ is None else environ
-    if "WORLD_SIZE" in environ:
-        try:
-            return Shard(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]))
-        except ValueError:
-            raise ConfigError(f"RANK={environ.get('RANK')!r} / WORLD_SIZE={environ['WORLD_SIZE']!r} are not "
-                              "integers; unset them or pass --shard i/n") from None
-    return Shard()
+    rank, world, _ = torchrun_rank(environ)
+    return Shard(rank, world)
 
 
 def output_suffix(source: Path, fmt: str) -> str:
@@ -203,9 +198,6 @@ def discover(inputs: tuple[str, ...] | list[str], output_dir: Path, fmt: str = "
     return found
 
 
-_TEMP_NAME = re.compile(re.escape(TEMP_MARKER) + r"(?P<stem>.*)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
-
-
 def remove_temporaries(output_dir: Path, shard: Shard) -> int:
     """Delete half-written outputs a killed run left in ``output_dir``: all of them, or only this shard's.
 
@@ -214,16 +206,5 @@ def remove_temporaries(output_dir: Path, shard: Shard) -> int:
     """
     if shard.count == 1:
         return remove_stale_temporaries(output_dir)
-    removed = 0
-    for tmp in output_dir.rglob(TEMP_MARKER + "*"):
-        match = _TEMP_NAME.match(tmp.name)
-        if not match or (match["suffix"] or "").lower() not in _WRITABLE:
-            continue
-        target = tmp.with_name(match["stem"] + (match["suffix"] or ""))
-        if shard.owns(target.relative_to(output_dir).as_posix()):
-            try:
-                tmp.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
+    return remove_stale_temporaries(output_dir, owned=lambda final: final.suffix.lower() in _WRITABLE and shard.owns(
+        final.relative_to(output_dir).as_posix()))

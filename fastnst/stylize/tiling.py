@@ -22,7 +22,11 @@ tile is run on its own. Two things keep the tiles from showing:
   differs from an untiled one, evenly, without seams (25 dB at 2048² on real
   weights); ``exact`` reproduces the untiled pass.
 
-Tensors are (3, H, W): uint8 0–255 or float 0–1 in, uint8 or float 0–1 out.
+The tile size itself comes from memory: ``default_tile_size`` gives one pass at
+most an eighth of the free memory.
+
+Images are numpy arrays (3, H, W): uint8 0–255 or float 0–1 in, uint8 or float
+0–1 out (a torch tensor works where only slicing is done: ``stylize_tiled``).
 """
 
 from __future__ import annotations
@@ -31,12 +35,55 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+from PIL import Image
 
 from fastnst.errors import ConfigError
 from fastnst.images import to_float, to_uint8
-from fastnst.models.transformer import SIZE_MULTIPLE, NormStats, TransformerSpec, padded_size
+from fastnst.models.spec import SIZE_MULTIPLE, NormStats, TransformerSpec, padded_size
+
+# Memory of one eager fp32 forward pass of the default network, per pixel (1,223 B measured at 1024²).
+# The default tile size gives one pass at most MEMORY_SHARE of the free memory (an eighth: a tiled
+# photo may hold up to three graphs' buffers at once on the ONNX runtimes, and several photos are in flight),
+# within [MIN_DEFAULT_TILE, MAX_DEFAULT_TILE]; 1024 (about 1 GB a pass) when free memory is unknown.
+FORWARD_BYTES_PER_PIXEL = 1250
+MEMORY_SHARE = 0.125
+MIN_DEFAULT_TILE, MAX_DEFAULT_TILE = 1024, 4096
+# Where tiles get their InstanceNorm statistics: exact (the default, wherever the backend can add them
+# up tile by tile: every backend can) or measured on a downscaled copy.
+TILE_STATS = ("exact", "thumbnail")
+
+
+def free_memory(device) -> int | None:
+    """Bytes free for a forward pass on ``device`` (``"cpu"``, ``"cuda"``, or a torch device): CUDA's free
+    memory, the OS's available memory (Linux), or None."""
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    if device_type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def default_tile_size(device) -> int:
+    """The side of the largest square one forward pass may take: ``MEMORY_SHARE`` of free memory, 64-px steps.
+
+    20 GiB available gives 1408 (a 2 MP pass: 1080p runs whole, larger photos
+    are tiled); a 6000×4000 photo then peaks at a few GB (scripts/bench_stylize.py).
+    """
+    free = free_memory(device)
+    if free is None:
+        return MIN_DEFAULT_TILE
+    side = int(math.sqrt(free * MEMORY_SHARE / FORWARD_BYTES_PER_PIXEL)) // 64 * 64
+    return max(MIN_DEFAULT_TILE, min(MAX_DEFAULT_TILE, side))
 
 
 def receptive_radius(spec: TransformerSpec) -> int:
@@ -127,38 +174,28 @@ def stats_shape(height: int, width: int, tile_size: int) -> tuple[int, int]:
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
-def downscale(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) uint8 or float → (1, 3, h, w) float 0–1, antialiased (no float copy of the full image for uint8)."""
-    if tuple(image.shape[-2:]) == shape:
-        return to_float(image[None])
-    return to_float(F.interpolate(image[None], size=shape, mode="bilinear", antialias=True, align_corners=False))
+def downscale(image, shape: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) uint8 or float 0–1 → (1, 3, h, w) float32 0–1, antialiased (Pillow's bilinear filter).
 
-
-def norm_count(spec: TransformerSpec) -> int:
-    """How many InstanceNorms the network has: three in the encoder, two per residual block, two in the decoder."""
-    return 3 + 2 * spec.num_residual + 2
-
-
-def region_moments(x: torch.Tensor, region: tuple[int, int, int, int], full_height: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel sum and sum of squares (float64, (C,)) and pixel count of ``x`` (B, C, h, w) inside ``region``.
-
-    ``region`` is (y0, y1, x0, x1) in full-resolution pixels of the padded input
-    (multiples of 4); ``x`` may be at a lower resolution, ``full_height // h``
-    times smaller, and the region is mapped to it. What ``region_sums`` of the
-    backends return for ``exact_stats``.
+    A uint8 image is resized as 8-bit pixels, so no float copy of a large photo is made.
     """
-    factor = full_height // x.shape[-2]
-    y0, y1, x0, x1 = (v // factor for v in region)
-    values = x[..., y0:y1, x0:x1].double()
-    count = values.shape[0] * values.shape[2] * values.shape[3]
-    return values.sum(dim=(0, 2, 3)), values.square().sum(dim=(0, 2, 3)), count
+    image = np.asarray(image)
+    if tuple(image.shape[-2:]) == tuple(shape):
+        return to_float(image[None])
+    size = (shape[1], shape[0])
+    if image.dtype == np.uint8:
+        small = np.asarray(Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize(
+            size, Image.Resampling.BILINEAR))
+        return to_float(np.ascontiguousarray(small.transpose(2, 0, 1))[None])
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR)) for c in image]
+    return np.stack(channels)[None].astype(np.float32)
 
 
-RegionSums = Callable[[torch.Tensor, NormStats, tuple[int, int, int, int]], tuple[torch.Tensor, torch.Tensor, int]]
+RegionSums = Callable[[np.ndarray, NormStats, tuple[int, int, int, int]], tuple[np.ndarray, np.ndarray, int]]
 
 
-def exact_stats(image: torch.Tensor, *, tile_size: int, context: int, count: int,
+def exact_stats(image, *, tile_size: int, context: int, count: int,
                 region_sums: RegionSums) -> NormStats:
     """The whole image's own InstanceNorm statistics, added up tile by tile: what an untiled pass would use.
 
@@ -179,21 +216,20 @@ def exact_stats(image: torch.Tensor, *, tile_size: int, context: int, count: int
             # A core on the image's last row or column also counts the edge padding, as the untiled pass does.
             region = (t.cy0 - t.y0, (padded_h if t.cy1 == height else t.cy1) - t.y0,
                       t.cx0 - t.x0, (padded_w if t.cx1 == width else t.cx1) - t.x0)
-            s1, s2, n = region_sums(to_float(image[None, :, t.y0:t.y1, t.x0:t.x1]), known, region)
+            s1, s2, n = region_sums(to_float(np.asarray(image[:, t.y0:t.y1, t.x0:t.x1])[None]), known, region)
             total = s1 if total is None else total + s1
             total_sq = s2 if total_sq is None else total_sq + s2
             pixels += n
-        mean = total / pixels
-        var = (total_sq / pixels - mean.square()).clamp_(min=0)
-        known.append((mean.float()[None], var.float()[None]))
+        mean = np.asarray(total, np.float64) / pixels
+        var = np.maximum(np.asarray(total_sq, np.float64) / pixels - mean * mean, 0)
+        known.append((mean.astype(np.float32)[None], var.astype(np.float32)[None]))
     return known
 
 
-Process = Callable[[torch.Tensor, NormStats], torch.Tensor]
+Process = Callable[[np.ndarray, NormStats], np.ndarray]
 
 
-def thumbnail_stats(image: torch.Tensor, *, tile_size: int, norm_stats: Callable[[torch.Tensor], NormStats]
-                    ) -> NormStats:
+def thumbnail_stats(image, *, tile_size: int, norm_stats: Callable[[np.ndarray], NormStats]) -> NormStats:
     """Statistics measured on the image downscaled to ``tile_size``² pixels: one small pass, approximate.
 
     The network is not scale-invariant, so these differ from the full image's by
@@ -204,8 +240,7 @@ def thumbnail_stats(image: torch.Tensor, *, tile_size: int, norm_stats: Callable
     return norm_stats(downscale(image, stats_shape(height, width, tile_size)))
 
 
-def stylize_tiled(image: torch.Tensor, out: torch.Tensor, *, tile_size: int, context: int, stats: NormStats,
-                  process: Process) -> torch.Tensor:
+def stylize_tiled(image, out, *, tile_size: int, context: int, stats: NormStats, process: Process):
     """Stylize one large image tile by tile into ``out``, every tile normalised with ``stats``.
 
     ``image`` (3, H, W) uint8 or float 0–1; ``out`` (3, H, W) uint8 (filled with
@@ -217,5 +252,5 @@ def stylize_tiled(image: torch.Tensor, out: torch.Tensor, *, tile_size: int, con
     for t in plan(height, width, tile_size, context):
         result = process(to_float(image[None, :, t.y0:t.y1, t.x0:t.x1]), stats)
         core = result[0, :, t.cy0 - t.y0:t.cy1 - t.y0, t.cx0 - t.x0:t.cx1 - t.x0]
-        out[:, t.cy0:t.cy1, t.cx0:t.cx1] = to_uint8(core) if out.dtype == torch.uint8 else core
+        out[:, t.cy0:t.cy1, t.cx0:t.cx1] = to_uint8(core) if str(out.dtype).endswith("uint8") else core
     return out

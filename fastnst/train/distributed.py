@@ -11,14 +11,13 @@ non-finite loss) or a collective would hang: ``sum_over_ranks`` is how they agre
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
 import torch
 import torch.distributed as dist
 
-from fastnst.device import resolve_device
+from fastnst.device import resolve_device, torchrun_rank
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,11 @@ log = logging.getLogger(__name__)
 def start(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this process; joins the process group under torchrun."""
     device = resolve_device(device_name)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world, local = torchrun_rank()
     if world <= 1:
         return 0, 1, device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device

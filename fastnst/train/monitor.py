@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastnst.data import load_photo
 from fastnst.errors import ImageError
+from fastnst.train.data import load_photo
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,113 @@
+"""``TrainConfig``: every option of ``fastnst train``, validated once, saved whole in the model file."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastnst.device import check_device
+from fastnst.errors import ConfigError
+from fastnst.losses import LossSpec
+from fastnst.models.spec import get_spec
+from fastnst.styles import style_names
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+LR_DECAYS = ("none", "linear", "cosine")
+DEFAULT_EPOCHS = 2  # pytorch/examples' default: two passes over COCO (~40k steps of 4)
+
+# Options that may change when a run is resumed without making it a different run.
+RESUMABLE_CHANGES = {"resume", "steps", "epochs", "checkpoint_every", "logdir", "log_every", "sample_every",
+                     "sample_images", "workers", "device", "compile"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``fastnst train``; saved whole (``asdict``) in the model file and every checkpoint.
+
+    ``style`` holds the style images, one per style the model carries;
+    ``style_names`` names them (default: the file stems) and ``style_weights``
+    gives each its style-loss weight (default ``loss.style_weight`` for all).
+    ``init`` is a model file the styles are added to (only their norm rows
+    train). ``crop_size`` trains on random squares of the photos scaled to
+    ``image_size`` (centre squares without it). ``steps`` and ``epochs`` are
+    exclusive; with neither, training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per
+    process under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
+    checkpoint beside ``output`` if there is one, else a fresh start).
+    """
+
+    style: tuple[str, ...]
+    data: str
+    output: str
+    spec: str = "johnson"
+    loss: LossSpec = field(default_factory=LossSpec)
+    image_size: int = 256
+    crop_size: int | None = None
+    style_size: int | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    lr_decay: str = "none"
+    steps: int | None = None
+    epochs: int | None = None
+    seed: int = 42
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    workers: int = 2
+    logdir: str | None = None
+    log_every: int = 10
+    sample_every: int = 500
+    sample_images: tuple[str, ...] = ()
+    holdout: int = 4
+    checkpoint_every: int = 500
+    resume: str | None = None
+    style_names: tuple[str, ...] = ()
+    style_weights: tuple[float, ...] = ()
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        style = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
+        object.__setattr__(self, "style", tuple(str(s) for s in style))
+        object.__setattr__(self, "sample_images", tuple(str(s) for s in self.sample_images))
+        object.__setattr__(self, "data", str(self.data))
+        object.__setattr__(self, "output", str(self.output))
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", LossSpec(**self.loss))
+        object.__setattr__(self, "style_names", tuple(str(s) for s in self.style_names))
+        object.__setattr__(self, "style_weights", tuple(float(w) for w in self.style_weights))
+        if not self.style:
+            raise ConfigError("give at least one --style image")
+        style_names(self.style, self.style_names)
+        if self.style_weights and (len(self.style_weights) != len(self.style) or min(self.style_weights) < 0):
+            raise ConfigError(f"--style-weight: give one weight >= 0, or one per --style image ({len(self.style)}), "
+                              f"got {list(self.style_weights)}")
+        if not self.output.endswith(".safetensors"):
+            raise ConfigError(f"-o {self.output}: the model file must end in .safetensors")
+        get_spec(self.spec)
+        for name, value in (("batch_size", self.batch_size), ("log_every", self.log_every)):
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.image_size < 16:
+            raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}")
+        if self.crop_size is not None and not 16 <= self.crop_size <= self.image_size:
+            raise ConfigError(f"--crop-size must be between 16 and --image-size ({self.image_size}), "
+                              f"got {self.crop_size}")
+        if self.style_size is not None and self.style_size < 16:
+            raise ConfigError(f"--style-size must be at least 16 pixels, got {self.style_size}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give --steps or --epochs, not both")
+        for name in ("steps", "epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "sample_every", "checkpoint_every", "holdout"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 turns it off), got {value}")
+        if self.amp not in AMP_CHOICES:
+            raise ConfigError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMP_CHOICES)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"unknown --lr-decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
+        check_device(self.device)

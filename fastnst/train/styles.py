@@ -1,0 +1,156 @@
+"""Training several styles in one network, and adding styles to a trained one.
+
+* **training** several styles at once draws a style per batch item
+  (``StyleDraw``, a pure function of the seed, the rank and the step, so a
+  resumed run draws what an uninterrupted one would) and scores each item
+  against its own style's Gram matrices (``perceptual_losses`` with ``item_weights``);
+* **adding** a style to a trained model (``fastnst train --init``) trains only
+  the new rows of the norms (``add_styles`` + ``train_only_rows``): the old
+  styles' outputs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fastnst.checkpoint import load_model
+from fastnst.errors import ConfigError
+from fastnst.images import load_image
+from fastnst.losses import LossSpec, style_grams
+from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet, TransformerSpec
+from fastnst.styles import check_unique, model_style_names
+
+log = logging.getLogger(__name__)
+
+
+class StyleDraw:
+    """Which style each batch item is trained on: uniformly among ``choices``, a function of (seed, rank, step).
+
+    ``__call__(step, batch)`` returns the item indices (B,) and the one-hot
+    style weights (B, N) for the network. Keyed on the step alone, so a resumed
+    run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, choices: Sequence[int], num_styles: int, seed: int, rank: int = 0) -> None:
+        self.choices = torch.tensor(list(choices), dtype=torch.long)
+        self.num_styles, self.seed, self.rank = num_styles, seed, rank
+
+    def __call__(self, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 10_000_019 + step)
+        picks = self.choices[torch.randint(len(self.choices), (batch,), generator=generator)]
+        return picks, F.one_hot(picks, self.num_styles).float()
+
+
+def target_grams(vgg: torch.nn.Module, paths: Sequence[str], style_size: int | None, spec: LossSpec,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """Gram matrices of every style image, stacked per layer: (S, C, C) fp32, in ``paths`` order.
+
+    Each image keeps its own size (a batch would force one), so they are run one by one.
+    """
+    per_style = [style_grams(vgg, load_image(path, max_size=style_size)[None].to(device), spec) for path in paths]
+    return {key: torch.cat([grams[key] for grams in per_style]) for key in per_style[0]}
+
+
+def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | None
+                     ) -> tuple[TransformerNet, tuple[str, ...], int]:
+    """The network a run trains, all its style names, and the index of its first trained style.
+
+    Without ``init``: a fresh ``spec`` network carrying ``names`` (0). With
+    ``init``: that model file's network grown by ``names`` (its own spec wins),
+    the first new style's index being its old style count.
+    """
+    if init is None:
+        return TransformerNet(spec.with_styles(len(names))), names, 0
+    base, info = load_model(init)
+    old = model_style_names(info.styles, base.spec.num_styles)
+    check_unique(old + names)
+    log.info("adding style(s) %s to %s (styles %s); only their norm rows train", ", ".join(names), init,
+             ", ".join(old))
+    return add_styles(base, len(names)), old + names, base.spec.num_styles
+
+
+class StyleTargets:
+    """What a training run needs to know about its styles: targets, weights, the draw, what trains.
+
+    ``grams`` are the style images' Grams, (S, C, C) per layer for the S
+    trained styles (network styles ``first:``); ``multi`` says whether the
+    network carries several styles, in which case ``draw(step, batch)`` gives
+    the one-hot style weights (B, N), each item's Grams (B, C, C) and its
+    style-loss weight (B,), and ``losses`` scores such a batch.
+    """
+
+    def __init__(self, vgg: torch.nn.Module, config, first: int, num_styles: int, spec: LossSpec,
+                 device: torch.device, rank: int = 0) -> None:
+        self.spec, self.first, self.num_styles = spec, first, num_styles
+        self.multi, self.frozen = num_styles > 1, config.init is not None
+        self.grams = target_grams(vgg, config.style, config.style_size, spec, device)
+        weights = config.style_weights or (spec.style_weight,) * len(config.style)
+        self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
+        self._draw = StyleDraw(range(first, num_styles), num_styles, config.seed, rank)
+
+    def parameters(self, model: TransformerNet) -> list[torch.nn.Parameter]:
+        """What the optimiser updates: everything, or only the new styles' norm rows when adding styles."""
+        return train_only_rows(model, self.first) if self.frozen else list(model.parameters())
+
+    def for_step(self, step: int, batch: int):
+        """What step ``step`` scores a batch of ``batch`` photos against: (style weights (B, N) or None, target
+        Grams, per-item style-loss weights (B,) or None). One style: None, its Grams, None (the spec's weight)."""
+        if not self.multi:
+            return None, self.grams, None
+        return self.draw(step, batch)
+
+    def draw(self, step: int, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        picks, style = self._draw(step, batch)
+        items = (picks - self.first).to(self.weights.device)
+        return style.to(self.weights.device), {k: g[items] for k, g in self.grams.items()}, self.weights[items]
+
+    def for_samples(self, count: int, device: torch.device) -> torch.Tensor | None:
+        """Style weights for the sample grid: the trained styles in turn (None for a single-style network)."""
+        if not self.multi:
+            return None
+        picks = self.first + torch.arange(count) % (self.num_styles - self.first)
+        return F.one_hot(picks, self.num_styles).float().to(device)
+
+
+def add_styles(model: TransformerNet, count: int) -> TransformerNet:
+    """A copy of ``model`` with ``count`` more styles; each new row starts at the mean of the old rows.
+
+    The shared weights and the old rows are copied exactly, so the old styles'
+    outputs do not change.
+    """
+    spec = model.spec.with_styles(model.spec.num_styles + count)
+    grown = TransformerNet(spec).to(next(model.parameters()).device)
+    state = model.state_dict()
+    new_state = {}
+    for key, value in grown.state_dict().items():
+        old = state[key]
+        if value.shape == old.shape:
+            new_state[key] = old
+            continue
+        rows = old if old.dim() == 2 else old[None]  # a plain InstanceNorm's (C,) is one row
+        new_state[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
+    grown.load_state_dict(new_state)
+    return grown
+
+
+def train_only_rows(model: TransformerNet, first: int) -> list[torch.nn.Parameter]:
+    """Freeze ``model`` but the norm rows ``first:`` (the new styles); returns the parameters to optimise.
+
+    The other rows get a zero gradient (a hook), so Adam leaves them exactly
+    as they are (its moments stay 0 and so does its step).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    trainable = []
+    for _, norm in model.norm_layers():
+        if not isinstance(norm, ConditionalInstanceNorm):
+            raise ConfigError("only a multi-style network can train some styles alone")
+        for param in (norm.weight, norm.bias):
+            param.requires_grad_(True)
+            param.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:first]), grad[first:]]))
+            trainable.append(param)
+    return trainable
