@@ -162,6 +162,25 @@ def to_uint8(image):
     return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def resize_array(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) uint8 or float32 → (C, h, w) of the same dtype, with Pillow's antialiased bilinear filter.
+
+    The one resampler for arrays (tile statistics, stroke scale): downscaling
+    averages over the whole footprint (no aliasing), upscaling interpolates.
+    A uint8 RGB image is resized as 8-bit pixels, so no float copy is made.
+    """
+    image = np.asarray(image)
+    if tuple(image.shape[-2:]) == tuple(shape):
+        return image
+    size = (shape[1], shape[0])
+    if image.dtype == np.uint8 and image.shape[0] == 3:
+        small = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize(size, Image.Resampling.BILINEAR)
+        return np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1))
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR)) for c in image]
+    return np.stack(channels).astype(np.float32)
+
+
 def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:
     """Downsize so the longer side is at most ``max_size`` (aspect kept); never upsizes."""
     if not max_size or max(img.size) <= max_size:

@@ -331,7 +331,7 @@ def test_shards_split_one_job_through_cli_and_torchrun_environment(tmp_path, mod
 
 
 def test_odd_decoder_and_writer_failures_are_reported_not_fatal(tmp_path, model_file, monkeypatch):
-    import fastnst.stylize.pipeline as pipeline
+    import fastnst.stylize.photo as pipeline
 
     folder = tmp_path / "photos"
     folder.mkdir()

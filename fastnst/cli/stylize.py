@@ -56,6 +56,10 @@ def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     g.add_argument("--strength", type=_strength, default=1.0,
                    help="blend with the photo: 1 full style (default), 0 none")
     g.add_argument("--preserve-color", action="store_true", help="keep the photo's colours (transfer luminance only)")
+    g.add_argument("--stroke-scale", type=float, default=1.0, metavar="S",
+                   help="brush strokes S times larger (2, 3: stylized at 1/S size, with the full-resolution "
+                        "pass's fine detail added back) or finer (0.5: stylized at twice the size); 0.25-8, "
+                        "default 1")
     g.add_argument("--style", metavar="NAME|INDEX", help="multi-style models: the style to use (default the first; "
                                                         "`fastnst info MODEL` lists them)")
     g.add_argument("--style-mix", metavar="NAME=W,...",
@@ -103,7 +107,8 @@ def _run_stylize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, batch_size=args.batch_size, tile_size=args.tile_size,
         tile_stats=args.tile_stats, strength=args.strength,
         preserve_color=args.preserve_color, workers=args.workers, streams=args.streams, shard=args.shard,
-        report=args.report, style=args.style, style_mix=args.style_mix, stall_seconds=args.stall_warning)
+        report=args.report, style=args.style, style_mix=args.style_mix, stall_seconds=args.stall_warning,
+        stroke_scale=args.stroke_scale)
     report = stylize_files(config)
     print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
           file=sys.stderr)

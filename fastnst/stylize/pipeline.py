@@ -21,7 +21,6 @@ No PyTorch here: photos are numpy arrays from decoding to encoding.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -33,16 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fastnst.device import torchrun_rank
-from fastnst.errors import FastNSTError, ImageError, first_line
+from fastnst.errors import FastNSTError
 from fastnst.files import atomic_path
-from fastnst.images import open_image, resize_long_side, save_image
 from fastnst.stylize.config import StylizeConfig
-from fastnst.stylize.inputs import Job, discover, is_inside, prepare_output_dir, remove_temporaries, resolve_shard
+from fastnst.stylize.inputs import Job, discover, prepare_output_dir, remove_temporaries, resolve_shard
+from fastnst.stylize.photo import Record, decode, encode, failure_reason
 from fastnst.stylize.stylizer import Stylizer
 
 log = logging.getLogger(__name__)
@@ -56,6 +54,17 @@ class StylizeReport:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     report_path: Path | None = None
+
+
+def tally(report: StylizeReport, record: Record) -> None:
+    """Count one input's ``record`` into ``report``; a failure is also one warning line naming the input."""
+    if record.status == "done":
+        report.done += 1
+    elif record.status == "skipped":
+        report.skipped += 1
+    else:
+        report.failed.append((record.input, record.reason))
+        log.warning("%s: %s", record.input, record.reason)
 
 
 def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> StylizeReport:
@@ -183,20 +192,11 @@ class _Run:
     def finish(self, source: str | Path, target: Path | None, status: str, reason: str = "",
                size: tuple[int, int] | None = None, tiles: int = 0) -> None:
         """Count one input, log it if it failed, add its line to the report and advance the bar."""
-        if status == "done":
-            self.report.done += 1
-        elif status == "skipped":
-            self.report.skipped += 1
-        else:
-            self.report.failed.append((str(source), reason))
-            log.warning("%s: %s", source, reason)
+        record = Record(str(source), str(target) if target else None, status, reason,
+                        *((size[1], size[0]) if size else (None, None)), tiles)
+        tally(self.report, record)
         if self.records is not None:
-            record = {"input": str(source), "output": str(target) if target else None, "status": status}
-            if reason:
-                record["reason"] = reason
-            if size:
-                record.update(width=size[1], height=size[0], tiles=tiles)
-            self.records.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.records.write(record.to_json() + "\n")
         self.bar.update(1)
         if self.report.failed:
             self.bar.set_postfix(failed=len(self.report.failed), refresh=False)
@@ -211,11 +211,8 @@ class _Run:
             self._refill(pending, decoding)
             try:
                 pixels = self._wait(future, "decoding", [job.source])
-            except ImageError as exc:
-                self.finish(job.source, None, "failed", exc.reason)
-                continue
             except Exception as exc:  # noqa: BLE001 - one odd file (a decoder bug) must not stop the library
-                self.finish(job.source, None, "failed", f"cannot decode ({type(exc).__name__}: {exc})")
+                self.finish(job.source, None, "failed", failure_reason(exc, "decoding", job))
                 continue
             for batch in batcher.add(job, pixels):
                 self._stylize(batch)
@@ -231,12 +228,7 @@ class _Run:
             if not self.config.overwrite and job.target.exists():
                 self.finish(job.source, job.target, "skipped")
                 continue
-            decoding.append((job, self.readers.submit(self._decode, job)))
-
-    def _decode(self, job: Job) -> np.ndarray:
-        """Worker thread: the photo as (H, W, 3) uint8, EXIF-oriented and downsized to ``max_size``."""
-        image = resize_long_side(open_image(job.source, self.config.max_pixels), self.config.max_size)
-        return np.array(image, dtype=np.uint8)
+            decoding.append((job, self.readers.submit(decode, job, self.config)))
 
     def _stylize(self, batch: list[tuple[Job, np.ndarray]]) -> None:
         """Stylize a batch of equal-size photos on a compute thread; a tiled photo runs alone (all cores)."""
@@ -265,29 +257,20 @@ class _Run:
                 arrays = self._wait(future, "computing", [job.source for job in jobs])
             except (RuntimeError, MemoryError, FastNSTError) as exc:  # e.g. out of memory: lose this batch, not the run
                 for job in jobs:
-                    self.finish(job.source, None, "failed", f"the network failed ({first_line(exc, 200)})")
+                    self.finish(job.source, None, "failed", failure_reason(exc, "computing", job))
                 continue
             for job, array in zip(jobs, arrays):
-                self.writing.append((job, shape, tiles, self.writers.submit(self._write, job, array)))
+                self.writing.append((job, shape, tiles, self.writers.submit(encode, job, array, self.config,
+                                                                            self.output_dir)))
             self._drain_writes(self.write_queue)
-
-    def _write(self, job: Job, array: np.ndarray) -> None:
-        """Worker thread: encode and write atomically, after checking the target is still inside OUT_DIR."""
-        if not is_inside(job.target.parent, self.output_dir):
-            raise FastNSTError(f"{job.target} would lie outside the output folder {self.output_dir}")
-        save_image(Image.fromarray(array), job.target, quality=self.config.quality)
 
     def _drain_writes(self, keep: int) -> None:
         while len(self.writing) > keep:
             job, shape, tiles, future = self.writing.popleft()
             try:
                 self._wait(future, "encoding", [job.source])
-            except FastNSTError as exc:
-                self.finish(job.source, None, "failed", str(exc))
-            except OSError as exc:
-                self.finish(job.source, None, "failed", f"cannot write {job.target} ({exc.strerror or exc})")
             except Exception as exc:  # noqa: BLE001 - an encoder bug on one photo must not stop the library
-                self.finish(job.source, None, "failed", f"cannot encode {job.target} ({type(exc).__name__}: {exc})")
+                self.finish(job.source, None, "failed", failure_reason(exc, "encoding", job))
             else:
                 self.finish(job.source, job.target, "done", size=shape, tiles=tiles)
 

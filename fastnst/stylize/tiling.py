@@ -36,10 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from fastnst.errors import ConfigError
-from fastnst.images import to_float, to_uint8
+from fastnst.images import resize_array, to_float, to_uint8
 from fastnst.models.spec import SIZE_MULTIPLE, NormStats, TransformerSpec, padded_size
 
 # Memory of one eager fp32 forward pass of the default network, per pixel (1,223 B measured at 1024²).
@@ -175,21 +174,11 @@ def stats_shape(height: int, width: int, tile_size: int) -> tuple[int, int]:
 
 
 def downscale(image, shape: tuple[int, int]) -> np.ndarray:
-    """(3, H, W) uint8 or float 0–1 → (1, 3, h, w) float32 0–1, antialiased (Pillow's bilinear filter).
+    """(3, H, W) uint8 or float 0–1 → (1, 3, h, w) float32 0–1, antialiased (``fastnst.images.resize_array``).
 
     A uint8 image is resized as 8-bit pixels, so no float copy of a large photo is made.
     """
-    image = np.asarray(image)
-    if tuple(image.shape[-2:]) == tuple(shape):
-        return to_float(image[None])
-    size = (shape[1], shape[0])
-    if image.dtype == np.uint8:
-        small = np.asarray(Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).resize(
-            size, Image.Resampling.BILINEAR))
-        return to_float(np.ascontiguousarray(small.transpose(2, 0, 1))[None])
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F").resize(
-        size, Image.Resampling.BILINEAR)) for c in image]
-    return np.stack(channels)[None].astype(np.float32)
+    return to_float(resize_array(np.asarray(image), shape)[None])
 
 
 RegionSums = Callable[[np.ndarray, NormStats, tuple[int, int, int, int]], tuple[np.ndarray, np.ndarray, int]]
