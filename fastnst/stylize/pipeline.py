@@ -39,7 +39,7 @@ from fastnst.device import torchrun_rank
 from fastnst.errors import FastNSTError
 from fastnst.files import atomic_path
 from fastnst.stylize.config import StylizeConfig
-from fastnst.stylize.inputs import Job, discover, prepare_output_dir, remove_temporaries, resolve_shard
+from fastnst.stylize.inputs import Job, Shard, discover, prepare_output_dir, remove_temporaries, resolve_shard
 from fastnst.stylize.photo import Record, decode, encode, failure_reason
 from fastnst.stylize.stylizer import Stylizer
 
@@ -67,41 +67,68 @@ def tally(report: StylizeReport, record: Record) -> None:
         log.warning("%s: %s", record.input, record.reason)
 
 
+@dataclass
+class Plan:
+    """What a stylize run will do, decided before any photo is read: shared by every runner (local, cluster).
+
+    ``jobs`` are this shard's photos to stylize, ``failures`` the inputs refused
+    before reading (a pattern matching nothing, two inputs writing one output, ...),
+    ``report_path`` this shard's report file (None: no report).
+    """
+
+    output_dir: Path
+    shard: Shard
+    jobs: list[Job]
+    failures: list[tuple[str, str]]
+    report_path: Path | None
+
+    @property
+    def total(self) -> int:
+        return len(self.jobs) + len(self.failures)
+
+
+def plan(config: StylizeConfig) -> Plan:
+    """Prepare the output folder (writable, leftovers of a killed run removed) and list the run's jobs.
+
+    Raises ``FastNSTError`` before any work if the output folder cannot be written.
+    """
+    output_dir = prepare_output_dir(config.output_dir)
+    shard = resolve_shard(config.shard)
+    found = discover(config.inputs, output_dir, config.format, shard)
+    removed = remove_temporaries(output_dir, shard)
+    if removed:
+        log.info("removed %d half-written file(s) left by an interrupted run", removed)
+    return Plan(output_dir, shard, found.jobs, found.failures, report_path(config.report, shard))
+
+
 def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> StylizeReport:
     """Stylize every input of ``config`` into ``config.output_dir``; bad inputs are reported, not fatal.
 
     Raises ``FastNSTError`` before any work if the output folder cannot be
     written or the model cannot be loaded.
     """
-    output_dir = prepare_output_dir(config.output_dir)
-    shard = resolve_shard(config.shard)
+    job = plan(config)
     stylizer = stylizer or Stylizer.from_config(config)
-    found = discover(config.inputs, output_dir, config.format, shard)
-    removed = remove_temporaries(output_dir, shard)
-    if removed:
-        log.info("removed %d half-written file(s) left by an interrupted run", removed)
-    report_path = _report_path(config.report, shard.index, shard.count)
     batch_size = config.batch_size or stylizer.default_batch_size
     # By default no more streams than photos: one photo alone runs fastest on all cores.
-    streams = config.streams or max(1, min(stylizer.backend.default_streams, len(found.jobs)))
+    streams = config.streams or max(1, min(stylizer.backend.default_streams, len(job.jobs)))
     if not stylizer.backend.concurrent:
         streams = 1
     stylizer.backend.set_streams(streams)
     show = sys.stderr.isatty() and torchrun_rank()[0] == 0
-    total = len(found.failures) + len(found.jobs)
-    with _Run(config, stylizer, batch_size, streams, report_path, show, total) as run:
-        for source, reason in found.failures:
+    with _Run(config, stylizer, batch_size, streams, job.report_path, show, job.total) as run:
+        for source, reason in job.failures:
             run.finish(source, None, "failed", reason)
-        run.process(found.jobs)
+        run.process(job.jobs)
     return run.report
 
 
-def _report_path(path: str | None, index: int, count: int) -> Path | None:
+def report_path(path: str | None, shard: Shard) -> Path | None:
     """The JSON-lines report's path; shards each write their own (``report.shard2of4.jsonl``)."""
     if path is None:
         return None
     path = Path(path)
-    return path if count == 1 else path.with_name(f"{path.stem}.shard{index}of{count}{path.suffix}")
+    return path if shard.count == 1 else path.with_name(f"{path.stem}.shard{shard.index}of{shard.count}{path.suffix}")
 
 
 class _Batcher:
@@ -151,7 +178,7 @@ class _Run:
 
     def __enter__(self) -> _Run:
         stack = self._stack
-        self.records = stack.enter_context(_records(self.report_path))
+        self.records = stack.enter_context(open_report(self.report_path))
         self.bar = stack.enter_context(tqdm(total=self.total, desc="stylize", unit="img", disable=not self.show,
                                             dynamic_ncols=True))
         stack.enter_context(logging_redirect_tqdm([logging.getLogger("fastnst")]) if self.show else nullcontext())
@@ -276,8 +303,9 @@ class _Run:
 
 
 @contextmanager
-def _records(path: Path | None):
-    """The report file, open for the whole run under a temporary name and renamed at the end."""
+def open_report(path: Path | None):
+    """The report file (a text handle, or None without ``path``), open for the whole run under a temporary name
+    and renamed at the end: write one ``Record.to_json()`` line per input."""
     if path is None:
         yield None
         return
