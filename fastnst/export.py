@@ -151,21 +151,32 @@ def max_runtime_opset() -> int:
     return MIN_OPSET - 1
 
 
-class _Float32InstanceNorm(nn.Module):
-    """An affine InstanceNorm computed in float32 whatever its input's dtype (for fp16 graphs).
+class _ExportNorm(nn.Module):
+    """What every InstanceNorm of an exported network becomes: ONNX's own InstanceNormalization.
 
-    Keeps ``weight``, ``bias`` and ``eps`` like ``nn.InstanceNorm2d`` so the
-    network's fixed-statistics path still finds them.
+    A plain norm keeps its scale and shift inside the node. A conditional
+    (several-style) norm becomes a unit InstanceNormalization followed by its
+    rows mixed by the ``style`` input (B, N), since ONNX has no per-image norm
+    parameters. ``float32`` computes the normalisation in fp32 inside an fp16
+    graph (statistics over millions of pixels overflow half precision).
     """
 
-    def __init__(self, norm: nn.InstanceNorm2d) -> None:
+    def __init__(self, norm: nn.Module, float32: bool) -> None:
         super().__init__()
         self.weight = nn.Parameter(norm.weight.detach().float().clone(), requires_grad=False)
         self.bias = nn.Parameter(norm.bias.detach().float().clone(), requires_grad=False)
-        self.eps = norm.eps
+        self.eps, self.float32, self.conditional = norm.eps, float32, isinstance(norm, ConditionalInstanceNorm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x.float(), weight=self.weight, bias=self.bias, eps=self.eps).to(x.dtype)
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        y = x.float() if self.float32 else x
+        if not self.conditional:
+            return F.instance_norm(y, weight=self.weight.to(y.dtype), bias=self.bias.to(y.dtype),
+                                   eps=self.eps).to(x.dtype)
+        channels = self.weight.shape[1]
+        y = F.instance_norm(y, weight=y.new_ones(channels), bias=y.new_zeros(channels), eps=self.eps).to(x.dtype)
+        mix = style.to(self.weight.dtype)[:, :, None]
+        scale, shift = (mix * self.weight).sum(dim=1), (mix * self.bias).sum(dim=1)
+        return y * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
 
 
 class ExportGraph(nn.Module):
@@ -185,13 +196,10 @@ class ExportGraph(nn.Module):
         self.net = copy.deepcopy(net).float().eval()
         if fp16:
             self.net.half()
-            for module in list(self.net.modules()):
-                for name, child in list(module.named_children()):
-                    if isinstance(child, nn.InstanceNorm2d):
-                        setattr(module, name, _Float32InstanceNorm(child))
-        for module in self.net.modules():
-            if isinstance(module, ConditionalInstanceNorm):
-                module.onnx_export, module.float32 = True, fp16
+        for module in list(self.net.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, ConditionalInstanceNorm) or (fp16 and isinstance(child, nn.InstanceNorm2d)):
+                    setattr(module, name, _ExportNorm(child, float32=fp16))
 
     def forward(self, image: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).float() / 255.0 if self.io == "uint8" else image

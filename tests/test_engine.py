@@ -387,3 +387,12 @@ def test_killed_run_resumes_to_byte_identical_outputs(tmp_path, model_file):
     got = {p.relative_to(resumed): p.read_bytes() for p in resumed.rglob("*") if p.is_file()}
     assert len(expected) == 40 and got.keys() == expected.keys()  # no temporaries left either
     assert all(got[k] == expected[k] for k in expected)
+
+
+def test_each_backend_translates_exactly_its_registered_dtypes():
+    from fastnst.backends import BACKENDS
+    from fastnst.backends.torch import DTYPES
+
+    assert tuple(DTYPES) == BACKENDS["torch"].dtypes == TorchBackend.dtypes
+    openvino = pytest.importorskip("fastnst.backends.openvino", reason="openvino is not installed")
+    assert tuple(openvino.PRECISIONS) == BACKENDS["openvino"].dtypes == openvino.OpenVinoBackend.dtypes

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -88,29 +89,34 @@ class Backend(Protocol):
         ...
 
 
-# name → "module:class", imported only when asked for so optional runtimes stay optional.
-BACKENDS: dict[str, str] = {
-    "torch": "fastnst.backends.torch:TorchBackend",
-    "onnxruntime": "fastnst.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "fastnst.backends.openvino:OpenVinoBackend",
+@dataclass(frozen=True)
+class Registration:
+    """What the engine knows about a backend without importing it: the one place each backend declares
+    its class (``module:Class``, imported only when used), the Python package it needs, the ``--dtype``
+    values it takes and its torch-only keyword options. The classes read their ``dtypes`` and
+    ``options`` from here."""
+
+    target: str
+    runtime: str
+    dtypes: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+BACKENDS: dict[str, Registration] = {
+    "torch": Registration("fastnst.backends.torch:TorchBackend", "torch", ("fp32", "bf16", "fp16"),
+                          ("channels_last", "compile")),
+    "onnxruntime": Registration("fastnst.backends.onnxruntime:OnnxRuntimeBackend", "onnxruntime"),
+    "openvino": Registration("fastnst.backends.openvino:OpenVinoBackend", "openvino", ("fp32", "bf16")),
 }
 AUTO = "auto"
 BACKEND_CHOICES = (AUTO, *BACKENDS)
-# What each backend's ``dtypes`` and ``options`` say, readable without importing the backend (a test
-# checks that the two agree).
-BACKEND_DTYPES: dict[str, tuple[str, ...]] = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": (),
-                                              "openvino": ("fp32", "bf16")}
-BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {"torch": ("channels_last", "compile"), "onnxruntime": (),
-                                               "openvino": ()}
-# The Python package each backend needs.
-RUNTIMES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-DTYPE_CHOICES = tuple(sorted({d for values in BACKEND_DTYPES.values() for d in values}))
+DTYPE_CHOICES = tuple(sorted({d for entry in BACKENDS.values() for d in entry.dtypes}))
 
 
 def backend_class(name: str) -> type:
     """The class implementing backend ``name``; an unknown name lists the valid ones."""
     try:
-        module, _, cls = BACKENDS[name].partition(":")
+        module, _, cls = BACKENDS[name].target.partition(":")
     except KeyError:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
     return getattr(importlib.import_module(module), cls)
@@ -125,13 +131,13 @@ def check_backend_options(backend: str, dtype: str | None = None, channels_last:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     if backend == AUTO:
         return
-    if dtype is not None and dtype not in BACKEND_DTYPES[backend]:
-        takes = f"takes {', '.join(BACKEND_DTYPES[backend])}" if BACKEND_DTYPES[backend] else \
+    if dtype is not None and dtype not in BACKENDS[backend].dtypes:
+        takes = f"takes {', '.join(BACKENDS[backend].dtypes)}" if BACKENDS[backend].dtypes else \
             "takes none: an ONNX file's precision is its own (fastnst export --fp16)"
         raise ConfigError(f"--dtype {dtype} is not an option of the {backend} backend ({takes}); drop it or "
                           "choose another --backend")
     given = [name for name, value in (("--channels-last", channels_last is not None), ("--compile", compile))
-             if value and name.lstrip("-").replace("-", "_") not in BACKEND_OPTIONS[backend]]
+             if value and name.lstrip("-").replace("-", "_") not in BACKENDS[backend].options]
     if given:
         raise ConfigError(f"{' and '.join(given)}: torch backend options, not options of the {backend} backend; drop "
                           f"them or use --backend torch")
@@ -139,7 +145,7 @@ def check_backend_options(backend: str, dtype: str | None = None, channels_last:
 
 def installed(name: str) -> bool:
     """Whether backend ``name``'s runtime can be found, without importing it."""
-    module = RUNTIMES[name]
+    module = BACKENDS[name].runtime
     if module in sys.modules:
         return sys.modules[module] is not None  # None: an import of it was blocked
     try:
@@ -152,12 +158,13 @@ def runtime_version(name: str) -> str | None:
     """The installed version of backend ``name``'s runtime, or None when it cannot be imported."""
     from importlib import metadata
 
+    runtime = BACKENDS[name].runtime
     try:
-        module = importlib.import_module(RUNTIMES[name])
+        module = importlib.import_module(runtime)
     except ImportError:
         return None
     try:
-        return metadata.version(RUNTIMES[name])
+        return metadata.version(runtime)
     except metadata.PackageNotFoundError:
         return str(getattr(module, "__version__", "unknown"))
 

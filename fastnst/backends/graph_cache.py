@@ -3,10 +3,11 @@
 Exporting a ``.safetensors`` or pytorch/examples model to ONNX (what OpenVINO
 reads) takes seconds and PyTorch; the graph depends only on the file's bytes.
 So the first run exports it (saying once that it does) and every later run —
-in any process — reads it from ``cache_dir()/onnx/<sha256 of the model>.onnx``
-without importing PyTorch. Beside it, ``<sha256>.json`` holds the graph's
-metadata (what ``fastnst.onnx_format.info_from_metadata`` reads) and the
-sha256 of the ``.onnx`` file itself: a graph whose bytes do not match (a torn
+in any process — reads it from ``cache_dir()/onnx/<sha256 of the model>-<fastnst
+version>.onnx`` without importing PyTorch (another fastnst version exports its
+own). Beside it, a ``.json`` of the same name holds the graph's metadata (what
+``fastnst.onnx_format.info_from_metadata`` reads) and the sha256 of the
+``.onnx`` file itself: a graph whose bytes do not match (a torn
 write, a disk error, tampering) is never used, only exported again.
 
 Both files are written under temporary names and renamed, the ``.onnx`` first,
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from fastnst.errors import ModelFileError
 from fastnst.files import atomic_path
+from fastnst.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def cached_onnx(path: str | Path):
     path = Path(path)
     check_model_path(path)
     folder = cache_dir() / "onnx"
-    digest = file_digest(path)
+    digest = f"{file_digest(path)}-{__version__}"
     graph, sidecar = folder / f"{digest}.onnx", folder / f"{digest}.json"
     metadata = _read_valid(graph, sidecar)
     if metadata is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastnst.backends import BACKENDS
 from fastnst.backends.onnx_graph import (  # noqa: F401 - BackendInputError, read_onnx: part of this backend's API
     BackendInputError,
     OnnxGraphBackend,
@@ -53,8 +54,8 @@ class OnnxRuntimeBackend(OnnxGraphBackend):
     """
 
     name = "onnxruntime"
-    dtypes: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
+    dtypes = BACKENDS["onnxruntime"].dtypes
+    options = BACKENDS["onnxruntime"].options
 
     def __init__(self, model, device: str = "auto", path: str | Path = "<onnx>",
                  threads: int | None = None) -> None:

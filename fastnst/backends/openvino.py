@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastnst.backends import BACKENDS
 from fastnst.backends.graph_cache import cache_dir, cached_onnx
 from fastnst.backends.onnx_graph import OnnxGraphBackend, read_onnx
 from fastnst.device import check_device, cpu_count, cpuinfo
@@ -175,8 +176,8 @@ class OpenVinoBackend(OnnxGraphBackend):
     """
 
     name = "openvino"
-    dtypes = tuple(PRECISIONS)
-    options: tuple[str, ...] = ()
+    dtypes = BACKENDS["openvino"].dtypes
+    options = BACKENDS["openvino"].options
 
     def __init__(self, model, device: str = "auto", path: str | Path = "<onnx>", *, dtype: str | None = None,
                  threads: int | None = None, static_shapes: bool = False, cache_size: int = DEFAULT_CACHE_SIZE,

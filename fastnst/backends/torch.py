@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastnst.backends import like, region_moments
+from fastnst.backends import BACKENDS, like, region_moments
 from fastnst.checkpoint import ModelInfo, load_model
 from fastnst.device import keep_freed_memory, resolve_device
 from fastnst.errors import ConfigError
@@ -47,8 +47,8 @@ class TorchBackend:
     """
 
     name = "torch"
-    dtypes = tuple(DTYPES)
-    options = ("channels_last", "compile")
+    dtypes = BACKENDS["torch"].dtypes
+    options = BACKENDS["torch"].options
     default_streams = 1
     style = None
 

@@ -25,14 +25,14 @@ def add_info(sub: argparse._SubParsersAction, options: bool = True) -> None:
 
 def _backends_summary() -> dict:
     """What ``fastnst info --backends`` reports: each backend's runtime version (None: missing) and auto's picks."""
-    from fastnst.backends import BACKEND_DTYPES, BACKENDS, choose_backend, runtime_version
+    from fastnst.backends import BACKENDS, choose_backend, runtime_version
     from fastnst.device import resolve_device
 
     backends = {}
     for name in BACKENDS:
         version = runtime_version(name)
         entry = {"installed": version is not None, "version": version,
-                 "dtypes": list(BACKEND_DTYPES.get(name, ()))}
+                 "dtypes": list(BACKENDS[name].dtypes)}
         if name == "openvino" and version is not None:
             from fastnst.backends.openvino import cpu_capabilities, cpu_name, default_dtype
 

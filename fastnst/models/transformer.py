@@ -49,12 +49,10 @@ class ConditionalInstanceNorm(nn.Module):
     ``forward(x, style)`` takes style weights (B, N) (one-hot, or any mix) and
     normalises each image with its own mix of the rows, ``style @ weight``. The
     mix is computed as a sum of products, so a one-hot row reproduces its
-    style's parameters bit for bit. Eagerly the per-image parameters go through
-    one ``batch_norm`` over (1, B·C) channels, the very call ``nn.InstanceNorm2d``
-    makes, so a multi-style network costs what a single-style one does.
-    ``onnx_export`` (set by ``fastnst.export``) switches to a unit
-    InstanceNormalization followed by the mixed scale and shift, which ONNX
-    can express; ``float32`` computes that normalisation in fp32 (fp16 graphs).
+    style's parameters bit for bit. The per-image parameters go through one
+    ``batch_norm`` over (1, B·C) channels, the very call ``nn.InstanceNorm2d``
+    makes, so a multi-style network costs what a single-style one does. (An
+    exported graph computes it differently: ``fastnst.export`` replaces the norms.)
     """
 
     def __init__(self, channels: int, num_styles: int, eps: float = 1e-5) -> None:
@@ -62,10 +60,6 @@ class ConditionalInstanceNorm(nn.Module):
         self.num_features, self.num_styles, self.eps = channels, num_styles, eps
         self.weight = nn.Parameter(torch.ones(num_styles, channels))
         self.bias = nn.Parameter(torch.zeros(num_styles, channels))
-        self.register_buffer("unit_scale", torch.ones(channels), persistent=False)
-        self.register_buffer("unit_shift", torch.zeros(channels), persistent=False)
-        self.onnx_export = False
-        self.float32 = False
 
     def affine(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) style weights (a tensor or an array) → per-image (scale, shift), each (B, C)."""
@@ -74,11 +68,6 @@ class ConditionalInstanceNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         scale, shift = self.affine(style)
-        if self.onnx_export:
-            y = x.float() if self.float32 else x
-            y = F.instance_norm(y, weight=self.unit_scale.to(y.dtype), bias=self.unit_shift.to(y.dtype),
-                                eps=self.eps).to(x.dtype)
-            return y * scale[..., None, None].to(x.dtype) + shift[..., None, None].to(x.dtype)
         b, c = x.shape[:2]
         scale, shift = scale.expand(b, c).reshape(b * c), shift.expand(b, c).reshape(b * c)
         y = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), None, None, scale, shift, training=True, eps=self.eps)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from fastnst.backends import (
     AUTO,
-    BACKEND_OPTIONS,
+    BACKENDS,
     Backend,
     as_array,
     backend_class,
@@ -228,7 +228,7 @@ def _backend(model, backend: str, device: str, dtype: str | None, channels_last:
         backend, why = choose_backend(model, device, dtype == "fp16" or channels_last is not None or compile)
         log.info("backend auto: %s (%s)", backend, why)
     options = {"channels_last": channels_last, "compile": compile}
-    extra = {k: v for k, v in options.items() if k in BACKEND_OPTIONS[backend] and v is not None}
+    extra = {k: v for k, v in options.items() if k in BACKENDS[backend].options and v is not None}
     return backend_class(backend).from_file(model, device=device, dtype=dtype, **extra)
 
 
