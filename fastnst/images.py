@@ -181,6 +181,31 @@ def resize_array(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack(channels).astype(np.float32)
 
 
+def scaled_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is ``long_side`` (aspect kept, each side at least 1)."""
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize a PIL image to exactly ``size`` = (width, height) with Lanczos (up or down)."""
+    return img if img.size == tuple(size) else img.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def load_style_image(path: str | Path, size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """A style image as (1, 3, H, W) float 0–1, by the one rule every command follows (train, optimize, score).
+
+    With ``size`` its long side becomes exactly ``size`` pixels (Lanczos, up or
+    down), so ``--style-size`` means the same everywhere; without, it is used as
+    it is. The painting's scale relative to the photos decides how large its
+    strokes come out.
+    """
+    image = open_image(path, max_pixels)
+    if size is not None:
+        image = resize_to(image, scaled_size(*image.size, size))
+    return to_tensor(image)[None]
+
+
 def resize_long_side(img: Image.Image, max_size: int | None) -> Image.Image:
     """Downsize so the longer side is at most ``max_size`` (aspect kept); never upsizes."""
     if not max_size or max(img.size) <= max_size:

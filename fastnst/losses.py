@@ -188,6 +188,43 @@ def style_grams(vgg: torch.nn.Module, style: torch.Tensor, spec: LossSpec) -> di
     return grams
 
 
+def style_targets(vgg: torch.nn.Module, styles, spec: LossSpec, blend=None) -> dict[str, torch.Tensor]:
+    """The target Grams of the style images ``styles`` ((1, 3, H, W) tensors, each its own size): the one way
+    train, optimize, score and the evaluation scripts build them.
+
+    Per key of ``style_grams``: (S, C, C), one row per style in order (a batch
+    mixing styles indexes them); with ``blend`` (S weights summing to 1) the
+    weighted sum (1, C, C), which is what a mix of styles is asked to match.
+    Each image must be large enough for the deepest layer (``check_image_size``).
+    """
+    for image in styles:
+        problem = check_image_size(image.shape[-1], image.shape[-2], spec)
+        if problem:
+            raise ConfigError(f"a style image is {problem}: use a larger --style-size (or a larger image)")
+    per_style = [style_grams(vgg, image, spec) for image in styles]
+    stacked = {key: torch.cat([grams[key] for grams in per_style]) for key in per_style[0]}
+    if blend is None:
+        return stacked
+    weights = torch.as_tensor(list(blend), dtype=torch.float32)
+    return {key: (weights.to(g.device)[:, None, None] * g).sum(0, keepdim=True) for key, g in stacked.items()}
+
+
+def check_image_size(width: int, height: int, spec: LossSpec) -> str | None:
+    """Why a ``width``×``height`` image is too small for the loss layers, or None when it is fine.
+
+    A ``reluB_i`` activation sits behind B-1 max-pools, so an image side shorter
+    than 2 ** (B-1) pixels would pool down to nothing.
+    """
+    from fastnst.models.vgg import layer_names
+
+    valid = layer_names(spec.vgg)
+    deepest = max(spec.layers, key=lambda name: valid.index(name) if name in valid else -1)
+    need = 2 ** (int(deepest[4:].split("_")[0]) - 1)
+    if min(width, height) >= need:
+        return None
+    return f"{width}x{height} px, too small for {deepest} (needs at least {need} px per side)"
+
+
 def content_targets(vgg: torch.nn.Module, content: torch.Tensor, spec: LossSpec) -> dict[str, torch.Tensor]:
     """Content-layer activations of a (B, 3, H, W) content batch, no gradient."""
     with torch.no_grad():

@@ -58,9 +58,9 @@ from fastnst.color import preserve_color
 from fastnst.device import DEVICE_CHOICES, resolve_device
 from fastnst.errors import ConfigError
 from fastnst.files import atomic_path
-from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, save_image, to_tensor
-from fastnst.losses import LossSpec, content_targets, perceptual_losses
-from fastnst.score import blended_grams, content_batch, parse_blend, read_image, resize_to, scaled_size, size_problem
+from fastnst.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, resize_to, save_image, scaled_size, to_tensor
+from fastnst.losses import LossSpec, check_image_size, content_targets, perceptual_losses
+from fastnst.score import blended_grams, content_batch, parse_blend, read_image
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def optimize(config: OptimizeConfig, progress: Callable[[dict], None] | None = N
     style_imgs = [read_image(path, config.max_pixels, "style") for path in config.styles]
     init_img = None if config.init in ("content", "noise") else read_image(config.init, config.max_pixels, "--init")
     sizes = _stage_sizes(config, content_img.size)
-    problem = size_problem(*sizes[0], spec)
+    problem = check_image_size(*sizes[0], spec)
     if problem:
         raise ConfigError(f"the first of {config.scales} scales is {problem}: use fewer --scales or a larger --size")
     vgg = load_loss_network(spec, device)

@@ -28,9 +28,8 @@ from PIL import Image
 
 from fastnst.device import DEVICE_CHOICES, resolve_device
 from fastnst.errors import ConfigError, ImageError
-from fastnst.images import DEFAULT_MAX_PIXELS, open_image, to_tensor
-from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
-from fastnst.models.vgg import layer_names
+from fastnst.images import DEFAULT_MAX_PIXELS, open_image, resize_to, scaled_size, to_tensor
+from fastnst.losses import LossSpec, check_image_size, content_targets, perceptual_losses, style_targets
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +62,6 @@ def parse_blend(text: str | Sequence[float] | None, count: int) -> tuple[float, 
     return tuple(v / total for v in values)
 
 
-def scaled_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(width, height) scaled so the longer side is ``long_side`` (aspect kept, each side at least 1)."""
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def resize_to(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize a PIL image to exactly ``size`` = (width, height) with Lanczos (up or down)."""
-    return img if img.size == tuple(size) else img.resize(tuple(size), Image.Resampling.LANCZOS)
-
-
-def deepest_layer(spec: LossSpec) -> tuple[str, int]:
-    """The deepest layer the losses read and the smallest image side it accepts.
-
-    A ``reluB_i`` activation sits behind B-1 max-pools, so an image side shorter
-    than 2 ** (B-1) pixels would pool down to nothing.
-    """
-    valid = layer_names(spec.vgg)
-    deepest = max(spec.layers, key=lambda name: valid.index(name) if name in valid else -1)
-    return deepest, 2 ** (int(deepest[4:].split("_")[0]) - 1)
-
-
-def size_problem(width: int, height: int, spec: LossSpec) -> str | None:
-    """Why a ``width``×``height`` image is too small for the loss layers, or None when it is fine."""
-    layer, need = deepest_layer(spec)
-    if min(width, height) >= need:
-        return None
-    return f"{width}x{height} px, too small for {layer} (needs at least {need} px per side)"
-
-
 def content_batch(content: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """The content photo resized to ``size`` = (width, height) → (1, 3, H, W) in 0–1."""
     return to_tensor(resize_to(content, size))[None]
@@ -100,25 +69,14 @@ def content_batch(content: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 def blended_grams(vgg: torch.nn.Module, styles: Sequence[Image.Image], weights: Sequence[float], long_side: int,
                   spec: LossSpec, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Target Grams Σᵢ wᵢ·Gram(styleᵢ), each style resized to ``long_side``; one (1, C, C) per style layer.
+    """Target Grams Σᵢ wᵢ·Gram(styleᵢ) of PIL style images, each resized so its long side is ``long_side``.
 
-    The blend mixes the Gram matrices (second-order statistics), which is what a
-    network trained on several styles at once is asked to match; with weights
-    (1, 0) it equals the first style's Grams exactly.
+    ``fastnst.losses.style_targets`` with ``blend``; with weights (1, 0) it
+    equals the first style's Grams exactly (a weight of 0 skips its image).
     """
-    out: dict[str, torch.Tensor] = {}
-    for style, weight in zip(styles, weights):
-        if weight == 0:
-            continue
-        size = scaled_size(*style.size, long_side)
-        problem = size_problem(*size, spec)
-        if problem:
-            raise ConfigError(f"a style image resized to long side {long_side} is {problem}: "
-                              "use a larger --style-size")
-        grams = style_grams(vgg, to_tensor(resize_to(style, size))[None].to(device), spec)
-        for name, gram in grams.items():
-            out[name] = weight * gram if name not in out else out[name] + weight * gram
-    return out
+    kept = [(style, w) for style, w in zip(styles, weights) if w != 0]
+    images = [to_tensor(resize_to(style, scaled_size(*style.size, long_side)))[None].to(device) for style, _ in kept]
+    return style_targets(vgg, images, spec, blend=[w for _, w in kept])
 
 
 def read_image(path: str | Path, max_pixels: int | None, role: str) -> Image.Image:
@@ -204,7 +162,7 @@ def score_images(config: ScoreConfig) -> ScoreReport:
     for path in config.images:
         try:
             img = open_image(path, config.max_pixels)
-            problem = size_problem(*img.size, spec)
+            problem = check_image_size(*img.size, spec)
             if problem:
                 raise ImageError(path, problem)
             side = config.style_size or max(img.size)

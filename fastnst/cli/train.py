@@ -49,7 +49,8 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                         "(e.g. --image-size 512 --crop-size 256: many more distinct images from a small "
                         "folder, at the scale of 512-pixel photos)")
     p.add_argument("--style-size", type=positive_int,
-                   help="downsize the style image's long side to this before taking its Grams (default: as is)")
+                   help="resize the style image so its long side is exactly this before taking its Grams (up or "
+                        "down, as optimize and score do; default: as is)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="photos per step and process (default 4)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",

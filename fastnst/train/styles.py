@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from fastnst.checkpoint import load_model
 from fastnst.errors import ConfigError
-from fastnst.images import load_image
-from fastnst.losses import LossSpec, style_grams
+from fastnst.images import load_style_image
+from fastnst.losses import LossSpec, style_targets
 from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet, TransformerSpec
 from fastnst.styles import check_unique, model_style_names
 
@@ -47,12 +47,9 @@ class StyleDraw:
 
 def target_grams(vgg: torch.nn.Module, paths: Sequence[str], style_size: int | None, spec: LossSpec,
                  device: torch.device) -> dict[str, torch.Tensor]:
-    """Gram matrices of every style image, stacked per layer: (S, C, C) fp32, in ``paths`` order.
-
-    Each image keeps its own size (a batch would force one), so they are run one by one.
-    """
-    per_style = [style_grams(vgg, load_image(path, max_size=style_size)[None].to(device), spec) for path in paths]
-    return {key: torch.cat([grams[key] for grams in per_style]) for key in per_style[0]}
+    """Gram matrices of every style image (``fastnst.losses.style_targets``): (S, C, C) fp32 per key, in ``paths``
+    order, each image loaded by the one style-size rule (``fastnst.images.load_style_image``)."""
+    return style_targets(vgg, [load_style_image(path, style_size).to(device) for path in paths], spec)
 
 
 def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | None
