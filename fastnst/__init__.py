@@ -17,6 +17,7 @@ from fastnst.version import __version__
 # name → the module that defines it.
 _API = {
     "Stylizer": "fastnst.stylize", "StylizeConfig": "fastnst.stylize", "stylize_files": "fastnst.stylize",
+    "stylize_dataset": "fastnst.ray",
     "TrainConfig": "fastnst.train", "fit": "fastnst.train",
     "ExportConfig": "fastnst.export", "export_onnx": "fastnst.export",
     "OptimizeConfig": "fastnst.optimize", "optimize": "fastnst.optimize",

@@ -15,13 +15,13 @@ import argparse
 import logging
 import sys
 
-from fastnst.cli import convert, export, info, optimize, score, stylize, train
+from fastnst.cli import convert, export, info, optimize, score, serve, stylize, train
 from fastnst.errors import ConfigError, FastNSTError
 from fastnst.version import __version__
 
 COMMANDS = {"train": train.add_train, "stylize": stylize.add_stylize, "export": export.add_export,
             "optimize": optimize.add_optimize, "score": score.add_score, "info": info.add_info,
-            "convert": convert.add_convert}
+            "convert": convert.add_convert, "serve": serve.add_serve}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return int(exc.code or 0)
     _setup_logging(args.verbose, args.quiet)
+    args.notices = []  # deprecation lines, printed once the command has run
     try:
-        return args.run(args)
+        code = args.run(args)
+        for notice in args.notices:
+            print(notice, file=sys.stderr)
+        return code
     except ConfigError as exc:
         print(f"fastnst {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastnst.cli.options import add_loss_options, loss_spec, positive_int
+from fastnst.cli.options import add_loss_options, add_style_mix, loss_spec, positive_int, style_mix_weights
 from fastnst.errors import ConfigError
 
 
@@ -23,9 +23,8 @@ def add_optimize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.add_argument("content", help="content photo")
     p.add_argument("styles", nargs="*", metavar="STYLE", help="style image(s) (or use --style)")
     p.add_argument("--style", dest="more_styles", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="style image(s); several are blended (see --style-blend)")
-    p.add_argument("--style-blend", metavar="W1,W2,...",
-                   help="blend weights of the style images' Gram matrices, one per style (normalised; default equal)")
+                   help="style image(s); several are blended (see --style-mix)")
+    add_style_mix(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image (.png, .jpg, .webp, ...)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs",
                    help="lbfgs (default; strong-Wolfe line search) or adam")
@@ -61,7 +60,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     if not styles:
         raise ConfigError("no style image: give STYLE after CONTENT, or --style FILE ...")
     config = OptimizeConfig(
-        content=args.content, styles=styles, output=args.output, style_blend=args.style_blend,
+        content=args.content, styles=styles, output=args.output, style_blend=style_mix_weights(args, styles),
         loss=loss_spec(args), optimizer=args.optimizer, iterations=args.iterations, lr=args.lr,
         lbfgs_history=args.lbfgs_history, init=args.init, seed=args.seed, size=args.size,
         style_size=args.style_size, preserve_color=args.preserve_color, scales=args.scales,

@@ -1,8 +1,15 @@
-"""Option helpers shared by several commands: positive integers and the loss-network options."""
+"""Option helpers shared by several commands: positive integers, the loss-network options, style weights.
+
+One syntax for weights across commands: a mix of styles is ``--style-mix NAME=W,...``
+(stylize, optimize, score) and a loss weight is ``--style-weight W`` (train: also
+``NAME=W,...``, one loss weight per style). The old spellings (``--style-blend
+W1,W2``, ``--style-weight W1 W2``) still work for one release, with a deprecation line.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 
 def positive_int(text: str) -> int:
@@ -12,10 +19,40 @@ def positive_int(text: str) -> int:
     return value
 
 
+def deprecated(args: argparse.Namespace, old: str, new: str) -> None:
+    """Note that an old spelling was used: one line on stderr once the command has run (not when it fails on
+    a bad value, where the error is the one line), saying what to write instead."""
+    args.notices.append(f"fastnst: {old} is deprecated and will be removed in the next release; write {new}")
+
+
+def add_style_mix(p: argparse.ArgumentParser) -> None:
+    """``--style-mix NAME=W,...`` for commands blending style image files (``--style-blend`` deprecated)."""
+    p.add_argument("--style-mix", metavar="NAME=W,...",
+                   help="blend the style images: each image's file name (without suffix) or index with a weight "
+                        ">= 0, normalised, e.g. starry=0.7,wave=0.3 (default: equal)")
+    p.add_argument("--style-blend", metavar="W1,W2,...", help=argparse.SUPPRESS)
+
+
+def style_mix_weights(args: argparse.Namespace, styles: Sequence[str]):
+    """The blend weights of ``styles`` from ``--style-mix`` (or the deprecated ``--style-blend``); None: equal."""
+    from fastnst.errors import ConfigError
+    from fastnst.styles import resolve_style, style_names
+
+    if args.style_blend is not None:
+        if args.style_mix is not None:
+            raise ConfigError("give --style-mix only (--style-blend is its old spelling)")
+        deprecated(args, "--style-blend W1,W2,...", "--style-mix NAME=W,...")
+        return args.style_blend
+    if args.style_mix is None:
+        return None
+    names = style_names(styles) if len({str(s) for s in styles}) == len(styles) else [str(i) for i in styles]
+    return tuple(float(w) for w in resolve_style(names, mix=args.style_mix))
+
+
 def add_loss_options(p: argparse.ArgumentParser, style_weights: bool = False) -> None:
     """The loss-network options shared by train, optimize and score (defaults: ``LossSpec``'s).
 
-    ``style_weights``: ``--style-weight`` takes one value or one per style image (train).
+    ``style_weights``: ``--style-weight`` also takes ``NAME=W,...``, one loss weight per style (train).
     """
     from fastnst.models.vgg import ARCHS
     from fastnst.pretrained import ENV_VAR, FLAVOUR_CHOICES
@@ -30,8 +67,8 @@ def add_loss_options(p: argparse.ArgumentParser, style_weights: bool = False) ->
     g.add_argument("--style-layers", help="style layers[:weight] (default relu1_2,relu2_2,relu3_3,relu4_3)")
     g.add_argument("--content-weight", type=float, help="content loss weight (default 1e5)")
     if style_weights:
-        g.add_argument("--style-weight", type=float, nargs="+", metavar="W",
-                       help="style loss weight (default 1e10), or one per --style image")
+        g.add_argument("--style-weight", nargs="+", metavar="W|NAME=W,...",
+                       help="style loss weight (default 1e10), or one per style: starry=50,wave=30")
     else:
         g.add_argument("--style-weight", type=float, help="style loss weight (default 1e10)")
     g.add_argument("--tv-weight", type=float, help="total-variation weight (default 0)")
@@ -48,3 +85,37 @@ def loss_spec(args: argparse.Namespace):
                                                      "style_weight", "tv_weight", "style_scales")}
     return LossSpec(vgg=args.vgg, vgg_weights=args.vgg_weights, vgg_flavour=args.vgg_flavour,
                     **{k: v for k, v in given.items() if v is not None})
+
+
+def per_style_weights(args: argparse.Namespace, names: Sequence[str]) -> tuple[float | None, tuple[float, ...]]:
+    """``args.style_weight`` as (one loss weight for all styles or None, per-style weights or ()).
+
+    ``W`` → (W, ()); ``a=W1,b=W2`` → (None, weights in style order; every style
+    needs one); ``W1 W2 ...`` (deprecated) → (None, weights in order).
+    """
+    from fastnst.errors import ConfigError
+    from fastnst.styles import parse_style_mix
+
+    values = args.style_weight
+    if not values:
+        return None, ()
+    if len(values) > 1:
+        deprecated(args, "--style-weight W1 W2 ...", "--style-weight NAME=W1,NAME=W2")
+        return None, tuple(_number(v) for v in values)
+    if "=" not in values[0]:
+        return _number(values[0]), ()
+    given = parse_style_mix(values[0])
+    unknown, missing = sorted(set(given) - set(names)), [n for n in names if n not in given]
+    if unknown or missing:
+        raise ConfigError(f"--style-weight {values[0]!r}: give one weight per style by name ({', '.join(names)}); "
+                          f"{'unknown ' + ', '.join(unknown) if unknown else 'missing ' + ', '.join(missing)}")
+    return None, tuple(given[n] for n in names)
+
+
+def _number(text: str) -> float:
+    from fastnst.errors import ConfigError
+
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--style-weight {text!r}: write a number, or NAME=W,... for one weight per style") from None

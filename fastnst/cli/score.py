@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from fastnst.cli.options import add_loss_options, loss_spec, positive_int
+from fastnst.cli.options import add_loss_options, add_style_mix, loss_spec, positive_int, style_mix_weights
 
 
 def add_score(sub: argparse._SubParsersAction, options: bool = True) -> None:
@@ -24,7 +24,7 @@ def add_score(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.add_argument("--content", required=True, help="content photo the images were made from")
     p.add_argument("--style", dest="styles", action="append", required=True, metavar="FILE",
                    help="style image; repeat for a blend (--style a.jpg --style b.jpg)")
-    p.add_argument("--style-blend", metavar="W1,W2,...", help="blend weights of several style images (default equal)")
+    add_style_mix(p)
     p.add_argument("--style-size", type=positive_int, help="long side of the style image(s) (default: each image's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -37,7 +37,8 @@ def _run_score(args: argparse.Namespace) -> int:
     from fastnst.score import ScoreConfig, score_images
 
     config = ScoreConfig(images=tuple(args.images), content=args.content, styles=tuple(args.styles),
-                         style_blend=args.style_blend, loss=loss_spec(args), style_size=args.style_size,
+                         style_blend=style_mix_weights(args, args.styles), loss=loss_spec(args),
+                         style_size=args.style_size,
                          device=args.device)
     report = score_images(config)
     if args.json:

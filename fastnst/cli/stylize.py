@@ -92,6 +92,13 @@ def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
                         "photos always run one at a time on all cores")
     g.add_argument("--shard", type=_shard, metavar="I/N",
                    help="take share I of N (I from 0) of the inputs; under torchrun RANK/WORLD_SIZE are used")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on a Ray cluster (pip install 'fastnst[ray]'): alone, a new local one; 'auto' joins "
+                        "the running one; or ray://HOST:10001 / HOST:6379. Same outputs, report and exit codes; "
+                        "every node must see the model, inputs and OUT_DIR at the same paths")
+    g.add_argument("--ray-actors", type=positive_int, metavar="N",
+                   help="with --ray: model copies (default: one per node on CPUs, sized to the smallest node; "
+                        "one per GPU)")
     g.add_argument("--stall-warning", type=float, default=DEFAULT_STALL_SECONDS, metavar="SECONDS",
                    help=f"name on stderr any photo still decoding, computing or encoding after this long, and "
                         f"again each time the wait doubles (default {DEFAULT_STALL_SECONDS:g})")
@@ -109,7 +116,14 @@ def _run_stylize(args: argparse.Namespace) -> int:
         preserve_color=args.preserve_color, workers=args.workers, streams=args.streams, shard=args.shard,
         report=args.report, style=args.style, style_mix=args.style_mix, stall_seconds=args.stall_warning,
         stroke_scale=args.stroke_scale)
-    report = stylize_files(config)
+    if args.ray_actors and not args.ray:
+        raise ConfigError("--ray-actors needs --ray (the local pipeline's own knobs are --streams and --workers)")
+    if args.ray:
+        from fastnst.ray import stylize_with_ray
+
+        report = stylize_with_ray(config, None if args.ray == "local" else args.ray, actors=args.ray_actors)
+    else:
+        report = stylize_files(config)
     print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
           file=sys.stderr)
     if report.report_path is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastnst.cli.options import add_loss_options, loss_spec, positive_int
+from fastnst.cli.options import add_loss_options, loss_spec, per_style_weights, positive_int
 
 _TRAIN_EPILOG = """\
 loss weights depend on the VGG flavour. The defaults (content 1e5, style 1e10) suit the torchvision
@@ -82,15 +82,15 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-
     from fastnst.device import torchrun_rank
+    from fastnst.styles import style_names
     from fastnst.train import TrainConfig, TrainingInterrupted, fit
 
-    weights = tuple(args.style_weight or ())
-    args.style_weight = weights[0] if len(weights) == 1 else None  # one value: LossSpec's; several: per style
+    names = style_names(args.style, args.style_name or ())
+    args.style_weight, weights = per_style_weights(args, names)  # one for all: LossSpec's
     config = TrainConfig(
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
-        style_weights=weights if len(weights) > 1 else (), data=args.data, output=args.output, spec=args.spec,
+        style_weights=weights, data=args.data, output=args.output, spec=args.spec,
         loss=loss_spec(args),
         image_size=args.image_size, crop_size=args.crop_size, style_size=args.style_size,
         batch_size=args.batch_size, lr=args.lr,

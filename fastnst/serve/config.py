@@ -22,6 +22,8 @@ API_KEY_ENV = "FASTNST_API_KEY"
 MIN_KEY_LENGTH = 16
 DEFAULT_MAX_PIXELS = 24_000_000
 DEFAULT_UPLOAD_MB = 20.0
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_QUEUE_SIZE = 32
 # How long a GPU batch waits for more photos of the same size: short next to a pass (tens of ms).
 DEFAULT_BATCH_WAIT_MS = 5.0
 
@@ -64,8 +66,8 @@ class ServeConfig:
     device: str = "auto"
     max_upload_mb: float = DEFAULT_UPLOAD_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
-    timeout: float = 60.0  # seconds per request, from its arrival to its answer
-    queue_size: int = 32
+    timeout: float = DEFAULT_TIMEOUT  # seconds per request, from its arrival to its answer
+    queue_size: int = DEFAULT_QUEUE_SIZE
     workers: int | None = None
     batch_size: int | None = None
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
@@ -83,6 +85,11 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def exposed(self) -> bool:
+        """Whether anyone on the network may use the service: a non-loopback host and no API key."""
+        return not is_loopback(self.host) and self.api_key is None
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -108,7 +115,7 @@ class ServeConfig:
         if self.api_key is not None and len(self.api_key) < MIN_KEY_LENGTH:
             raise ConfigError(f"the API key must be at least {MIN_KEY_LENGTH} characters; make one with "
                               "python -c 'import secrets; print(secrets.token_urlsafe(24))'")
-        if not is_loopback(self.host) and self.api_key is None and not self.insecure:
+        if self.exposed and not self.insecure:
             raise ConfigError(f"--host {self.host} can be reached from other machines: set --api-key (or "
                               f"${API_KEY_ENV}), or pass --insecure to serve it to anyone")
         for origin in self.cors_origins:
