@@ -32,6 +32,7 @@ _API = {
     "SPECS": "fastnst.models.spec", "TransformerSpec": "fastnst.models.spec", "get_spec": "fastnst.models.spec",
     "TransformerNet": "fastnst.models.transformer", "VGGFeatures": "fastnst.models.vgg",
     "load_vgg": "fastnst.pretrained", "resolve_device": "fastnst.device",
+    "VideoConfig": "fastnst.video", "stylize_video": "fastnst.video",
 }
 
 __all__ = ["__version__", *sorted(_API)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,22 @@ def test_cli_errors(files, tmp_path, capsys):
                     str(files["image"])]
     assert main(weights_gone) == 1
     assert "VGG weight file not found" in capsys.readouterr().err
+
+
+def test_style_mix_names_the_styles_and_the_old_blend_spelling_says_it_is_deprecated(files, tmp_path, capsys):
+    base = ["score", "--content", str(files["content"]), "--style", str(files["style"]), "--style",
+            str(files["other"]), "--style-size", "40", str(files["image"]), "--json", *files["cli"]]
+    stems = [Path(files[k]).stem for k in ("style", "other")]
+    assert main([*base, "--style-mix", f"{stems[0]}=3,{stems[1]}=1"]) == 0
+    out = capsys.readouterr()
+    by_name = json.loads(out.out)["images"][0]["style"]
+    assert "deprecated" not in out.err
+    assert main([*base, "--style-mix", "0=0.75,1=0.25"]) == 0  # indices work too
+    assert json.loads(capsys.readouterr().out)["images"][0]["style"] == pytest.approx(by_name, rel=1e-6)
+    assert main([*base, "--style-blend", "3,1"]) == 0
+    old = capsys.readouterr()
+    assert json.loads(old.out)["images"][0]["style"] == pytest.approx(by_name, rel=1e-6)
+    assert old.err.strip().splitlines() == ["fastnst: --style-blend W1,W2,... is deprecated and will be removed in "
+                                            "the next release; write --style-mix NAME=W,..."]
+    assert main([*base, "--style-mix", "nope=1"]) == 2
+    assert "no style 'nope'" in capsys.readouterr().err

@@ -401,3 +401,52 @@ def test_training_state_files_are_versioned_and_loaded_safely(tmp_path, model_fi
     with pytest.raises(ModelFileError, match="cannot load"):
         load_training_state(evil)
     save_model(tmp_path / "ok.safetensors", TransformerNet(SPECS["light"]))  # the model format is untouched
+
+
+def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
+    """--amp, --lr-decay, --epochs, --style-size, --channels-last, --device, then --init on the result."""
+    base = ["train", "--data", str(setup["photos"]), "--spec", "light", "--image-size", "32", "--batch-size", "2",
+            "--workers", "0", "--holdout", "2", "--vgg-weights", str(setup["vgg"]), "--style-layers",
+            "relu1_2,relu2_2", "--content-weight", "1", "--style-weight", "1e3", "--checkpoint-every", "0",
+            "--sample-every", "0"]
+    first = setup["out"] / "opts.safetensors"
+    assert main([*base, "--style", str(setup["style"]), "-o", str(first), "--amp", "bf16", "--lr-decay", "cosine",
+                 "--epochs", "1", "--style-size", "40", "--channels-last", "--device", "cpu"]) == 0
+    net, info = load_model(first)
+    config = info.config
+    assert (config["amp"], config["lr_decay"], config["epochs"], config["style_size"], config["channels_last"],
+            config["device"]) == ("bf16", "cosine", 1, 40, True, "cpu")
+    assert config["steps_done"] == 4  # one epoch of 8 training photos (10 minus 2 held out) in batches of 2
+    assert "thread" in config["hardware"]  # trained on the CPU, as --device cpu asked
+    second_style = setup["out"] / "second.png"
+    gradient_image(40, 40, seed=7).save(second_style)
+    grown = setup["out"] / "grown.safetensors"
+    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(grown), "--steps", "2"]) == 0
+    net2, info2 = load_model(grown)
+    assert info2.styles == ("style", "second") and net2.spec.num_styles == 2  # style names: file stems
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():  # the first style is untouched: bit-identical to the model it grew from
+        assert torch.equal(net2(x, style=torch.tensor([1.0, 0.0])), net(x))
+        assert not torch.equal(net2(x, style=torch.tensor([0.0, 1.0])), net(x))
+    capsys.readouterr()
+
+
+def test_a_model_file_says_the_command_that_trains_it_again(setup):
+    """``TrainConfig.command()`` parsed by the CLI gives back the same config (what a card prints)."""
+    from fastnst.cli import build_parser
+    from fastnst.cli.train import train_config
+
+    config = make_config(setup, "cmd", crop_size=24, style_size=40, lr=5e-3, lr_decay="linear", amp="bf16",
+                         holdout=3, init=None, loss=LossSpec(vgg="vgg16", vgg_weights=str(setup["vgg"]),
+                                                             style_layers="relu1_2,relu2_2:0.5", content_weight=2.0,
+                                                             style_weight=30.0, style_scales=(1, 0.5)))
+    argv = ["train", *config.command()]
+    args = build_parser(argv).parse_args(argv)
+    args.notices = []
+    again = train_config(args)
+    ignored = {"workers", "checkpoint_every", "sample_every", "log_every"}  # how a run is watched, not what it trains
+    assert {k: v for k, v in dataclasses.asdict(again).items() if k not in ignored} == \
+        {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    two = make_config(setup, "two", style=(str(setup["style"]), str(setup["photos"] / "p1.jpg")),
+                      style_names=("a", "b"), style_weights=(10.0, 20.0))
+    assert "a=10,b=20" in two.command()

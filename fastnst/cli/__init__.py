@@ -15,13 +15,14 @@ import argparse
 import logging
 import sys
 
-from fastnst.cli import convert, export, info, optimize, score, serve, stylize, train
+from fastnst.cli import convert, export, info, optimize, score, serve, stylize, train, video
 from fastnst.errors import ConfigError, FastNSTError
 from fastnst.version import __version__
 
 COMMANDS = {"train": train.add_train, "stylize": stylize.add_stylize, "export": export.add_export,
             "optimize": optimize.add_optimize, "score": score.add_score, "info": info.add_info,
-            "convert": convert.add_convert, "serve": serve.add_serve}
+            "convert": convert.add_convert, "serve": serve.add_serve,
+            "video": video.add_video}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -38,7 +38,8 @@ def add_serve(sub: argparse._SubParsersAction, options: bool = True) -> None:
     g.add_argument("--max-upload-mb", type=float, default=defaults.DEFAULT_UPLOAD_MB,
                    help="refuse larger uploads with 413 (default %(default)g)")
     g.add_argument("--max-pixels", type=positive_int, default=defaults.DEFAULT_MAX_PIXELS,
-                   help=f"refuse images with more pixels with 413, from the header (default {defaults.DEFAULT_MAX_PIXELS:,})")
+                   help=f"refuse images with more pixels with 413, read from the header before decoding "
+                        f"(default {defaults.DEFAULT_MAX_PIXELS:,})")
     g.add_argument("--timeout", type=float, default=defaults.DEFAULT_TIMEOUT,
                    help="seconds a request may take before it is answered 504 (default %(default)g)")
     g.add_argument("--queue-size", type=positive_int, default=defaults.DEFAULT_QUEUE_SIZE,

@@ -81,14 +81,14 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
     add_loss_options(p, style_weights=True)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from fastnst.device import torchrun_rank
+def train_config(args: argparse.Namespace):
+    """The ``TrainConfig`` the parsed options describe."""
     from fastnst.styles import style_names
-    from fastnst.train import TrainConfig, TrainingInterrupted, fit
+    from fastnst.train import TrainConfig
 
     names = style_names(args.style, args.style_name or ())
     args.style_weight, weights = per_style_weights(args, names)  # one for all: LossSpec's
-    config = TrainConfig(
+    return TrainConfig(
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
         style_weights=weights, data=args.data, output=args.output, spec=args.spec,
         loss=loss_spec(args),
@@ -99,6 +99,13 @@ def _run_train(args: argparse.Namespace) -> int:
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
         sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
         checkpoint_every=args.checkpoint_every, resume=args.resume)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from fastnst.device import torchrun_rank
+    from fastnst.train import TrainingInterrupted, fit
+
+    config = train_config(args)
     try:
         path = fit(config)
     except TrainingInterrupted as exc:

@@ -55,8 +55,8 @@ from fastnst.version import __version__
 
 log = logging.getLogger(__name__)
 
-# Upload formats: Pillow's name → what a message calls it. Only these decoders ever see an upload.
-ACCEPTED = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
+# Upload formats (Pillow's names): only these decoders ever see an upload.
+ACCEPTED = ("JPEG", "PNG", "WEBP")
 # Output format → Pillow's name, content type and encoder options (those of ``fastnst.images.save_image``).
 OUTPUTS = {"jpg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 ENDPOINTS = ("/", "/v1/stylize", "/v1/models", "/healthz", "/metrics", "/docs", "/openapi.json")
@@ -334,8 +334,8 @@ def _check_header(data: bytes, max_pixels: int) -> None:
             raise TooLarge(f"the image's header declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; "
                            "refused as a possible decompression bomb") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-            raise ImageError(UPLOAD, f"not a {', '.join(ACCEPTED.values())} image (or a corrupt one); send a "
-                                     "photo in one of those formats") from None
+            raise ImageError(UPLOAD, "not a JPEG, PNG or WebP image (or a corrupt one); send a photo in one of "
+                                     "those formats") from None
     if width * height > max_pixels:
         raise TooLarge(f"{width}x{height} = {width * height:,} pixels is over this server's limit of "
                        f"{max_pixels:,}; send a smaller image")

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnst.checkpoint import read_info
-from fastnst.errors import ConfigError, FastNSTError
+from fastnst.errors import ConfigError, FastNSTError, first_line
 from fastnst.serve.config import ServeConfig
 from fastnst.styles import parse_style_mix, resolve_style
 from fastnst.stylize.config import DEFAULT_GPU_BATCH
@@ -265,7 +265,9 @@ class Engine:
                 for job in group:
                     self._run_group([job])
                 return
-            _settle(group[0], exc=exc)
+            height, width = group[0].pixels.shape[:2]
+            _settle(group[0], exc=exc if isinstance(exc, FastNSTError) else
+                    FastNSTError(f"the network failed on a {width}x{height} photo ({first_line(exc)})"))
             return
         self.metrics.computed(len(group), time.perf_counter() - start)
         for job, result in zip(group, results):

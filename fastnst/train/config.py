@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fastnst.device import check_device
@@ -19,6 +20,8 @@ DEFAULT_EPOCHS = 2  # pytorch/examples' default: two passes over COCO (~40k step
 # Options that may change when a run is resumed without making it a different run.
 RESUMABLE_CHANGES = {"resume", "steps", "epochs", "checkpoint_every", "logdir", "log_every", "sample_every",
                      "sample_images", "workers", "device", "compile"}
+# Options that only say how a run is watched or where it runs, not what it trains: left out of ``command()``.
+_NOT_IN_COMMAND = {"resume", "checkpoint_every", "logdir", "log_every", "sample_every", "workers", "device"}
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,49 @@ class TrainConfig:
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"unknown --lr-decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
         check_device(self.device)
+
+    @classmethod
+    def from_record(cls, record: dict) -> TrainConfig:
+        """The config a model file recorded (``ModelInfo.config``), without the run's own record (steps done, ...)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+    def command(self, show: Callable[[str], str] = str) -> list[str]:
+        """The ``fastnst train`` arguments that train this model again (what a model card prints).
+
+        Everything that decides the weights is written, defaults left out; how the
+        run is watched or where it runs (logging, checkpoints, workers, device) is
+        not. ``show`` rewrites file paths (e.g. relative to the repository).
+        """
+        default, loss, default_loss = TrainConfig(style=self.style, data="", output="m.safetensors"), self.loss, \
+            LossSpec()
+        argv = ["--style", *map(show, self.style), "--data", show(self.data), "-o", show(self.output)]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("style", "data", "output", "loss") or f.name in _NOT_IN_COMMAND or \
+                    value == getattr(default, f.name):
+                continue
+            argv += _option(f.name, value, show if f.name in ("init", "sample_images") else str)
+        for f in fields(loss):
+            value = getattr(loss, f.name)
+            if value != getattr(default_loss, f.name) and not (f.name == "style_weight" and self.style_weights):
+                argv += _option(f.name, value, show if f.name == "vgg_weights" else str)
+        if self.style_weights:
+            names = style_names(self.style, self.style_names)
+            argv += ["--style-weight", ",".join(f"{n}={w:g}" for n, w in zip(names, self.style_weights))]
+        return argv
+
+
+def _option(name: str, value, show: Callable[[str], str]) -> list[str]:
+    """One config field as command-line words (``fastnst.cli.train``'s spelling of it)."""
+    flag = "--" + {"style_names": "style-name", "style_weights": "style-weight", "vgg_flavour": "vgg-flavour"}.get(
+        name, name.replace("_", "-"))
+    if isinstance(value, bool):
+        return [flag] if value else []
+    if name == "style_weights":
+        return []  # written with the style names by ``TrainConfig.command``
+    if isinstance(value, dict):  # layer weights
+        return [flag, ",".join(k if w == 1 else f"{k}:{w:g}" for k, w in value.items())]
+    if isinstance(value, (tuple, list)):
+        return [flag, ",".join(f"{v:g}" for v in value)] if name == "style_scales" else [flag, *map(show, value)]
+    return [flag, f"{value:g}" if isinstance(value, float) else show(str(value))]
