@@ -34,7 +34,16 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 100_000_000
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+# Pillow's decoders for those suffixes: ``open_image`` opens nothing else, whatever a file's content says
+# (a PostScript file named photo.jpg is never handed to Ghostscript).
+READ_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+# Photo formats fastnst meets in libraries but cannot read: counted as failures, never silently ignored.
+UNREADABLE_SUFFIXES = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".jxl": "JPEG XL", ".cr2": "Canon RAW",
+                       ".cr3": "Canon RAW", ".nef": "Nikon RAW", ".arw": "Sony RAW", ".dng": "DNG RAW",
+                       ".raf": "Fujifilm RAW", ".orf": "Olympus RAW", ".rw2": "Panasonic RAW", ".psd": "Photoshop"}
 
+# The largest side each encoder can write (WebP 16383, JPEG 65535): checked before any compute.
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65535}
 # Pillow format name and save options per output suffix. The options are fixed so
 # that encoding the same pixels twice gives byte-identical files.
 _SAVE_FORMATS = {
@@ -61,7 +70,7 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         with warnings.catch_warnings():
             # We apply our own pixel limit below; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=READ_FORMATS) as img:
                 width, height = img.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageError(path, f"{width}x{height} = {width * height:,} pixels is over the limit of "
@@ -79,7 +88,7 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image, or a format Pillow cannot read") from None
+        raise ImageError(path, f"not an image in a format fastnst reads ({', '.join(READ_FORMATS)})") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise ImageError(path, f"header declares over {limit:,} pixels (Pillow's hard limit); refused as a "
@@ -96,12 +105,13 @@ def to_rgb(img: Image.Image, path: str | Path = "<image>") -> Image.Image:
     if mode == "RGB":
         return img
     if mode in _SIXTEEN_BIT_MODES:
-        # Pillow's own convert("L") clips 16-bit values at 255 instead of scaling them.
-        values = np.asarray(img).astype(np.float64)
-        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        # Pillow's own convert("L") clips 16-bit values at 255 instead of scaling them. Integer arithmetic
+        # (4 bytes a pixel, not a float64 copy): (v + 128) // 257 is round(v / 257), as 257 is odd.
+        values = np.clip(np.asarray(img).astype(np.int64 if mode == "I" else np.uint32), 0, 65535)
+        gray = ((values + 128) // 257).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if mode == "F":
-        gray = np.clip(np.round(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float32)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
     try:
@@ -269,6 +279,23 @@ def decode_thumbnail(data: str, what: str = "thumbnail"):
         raise ImageError(what, f"corrupt thumbnail ({first_line(exc)})") from None
 
 
+def encoder_limit(path: str | Path, width: int, height: int) -> str | None:
+    """Why a ``width``×``height`` image cannot be saved as ``path``'s format, or None when it can."""
+    fmt = _SAVE_FORMATS.get(Path(path).suffix.lower())
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(width, height) > limit:
+        return (f"{width}x{height} is larger than {fmt} can hold ({limit} px a side); use --format png or "
+                f"--max-size {limit}")
+    return None
+
+
 def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` has one of the suffixes fastnst reads (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def unreadable_format(path: str | Path) -> str | None:
+    """Why a photo format fastnst meets but cannot read is refused (HEIC, AVIF, RAW, ...), or None."""
+    kind = UNREADABLE_SUFFIXES.get(Path(path).suffix.lower())
+    return None if kind is None else (f"{kind} is not a format fastnst reads; convert it to JPEG or PNG first "
+                                      f"(readable: {' '.join(IMAGE_SUFFIXES)})")

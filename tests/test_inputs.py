@@ -77,7 +77,8 @@ def test_names_cannot_lead_outside_the_output_folder(tmp_path, monkeypatch):
     corpus.make_rgb(tmp_path / "photos", "q.jpg")
     out.mkdir()
     (out / "photos").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    escaped = discover([str(tmp_path / "photos")], out)
+    (tmp_path / "more").mkdir()  # two inputs: each folder's tree goes under its own name, out/photos/...
+    escaped = discover([str(tmp_path / "photos"), str(tmp_path / "more")], out)
     assert not escaped.jobs and "outside the output folder" in escaped.failures[0][1]
 
 

@@ -264,7 +264,8 @@ def test_cli_grayscale_style_is_accepted(files, tmp_path):
 
 @pytest.mark.parametrize("case, code, message", [
     ("missing content", 1, "{dir}/nope.jpg: no such file (the content image)"),
-    ("non-image style", 1, "{dir}/notes.txt: not an image, or a format Pillow cannot read (the style image)"),
+    ("non-image style", 1,
+     "{dir}/notes.txt: not an image in a format fastnst reads (JPEG, PNG, WEBP, TIFF, BMP, GIF) (the style image)"),
     ("missing init", 1, "{dir}/gone.png: no such file (the --init image)"),
     ("no style", 2, "no style image: give STYLE after CONTENT, or --style FILE ..."),
     ("blend count", 2, "--style-blend has 1 weight(s) but there are 2 style image(s)"),

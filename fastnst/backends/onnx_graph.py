@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from fastnst.backends import as_array, like, region_moments
+from fastnst.checkpoint import check_model_path
 from fastnst.errors import FastNSTError, ModelFileError, first_line
 from fastnst.models.spec import NormStats, padded_size
 from fastnst.onnx_format import INPUT_NAME, STYLE_INPUT
@@ -43,17 +46,56 @@ class BackendInputError(FastNSTError, ValueError):
     """A batch or statistics handed to the backend have the wrong type, rank, shape or dtype."""
 
 
+MAX_EXTERNAL_BYTES = 2**32  # far above any style network (7 MB), far below what would exhaust memory
+
+
 def read_onnx(path: str | Path):
-    """The ``onnx.ModelProto`` of a file; a missing or unreadable file is a ``ModelFileError``."""
+    """The ``onnx.ModelProto`` of a file; a missing, unreadable or unsafe file is a ``ModelFileError``.
+
+    Only a regular file is opened (a pipe or a device would hang or fill
+    memory). External tensor data is read only from regular files inside the
+    model's own folder (no ``..``, no absolute path, no symlink), within the
+    file and at most ``MAX_EXTERNAL_BYTES`` in all.
+    """
     import onnx
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(path, "no such ONNX file")
+    check_model_path(path)
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have several types
         raise ModelFileError(path, f"not a readable ONNX file ({first_line(exc)})") from None
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        _check_external(path, external)
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # noqa: BLE001 - missing or short files raise several types
+            raise ModelFileError(path, f"cannot read its external data ({first_line(exc)})") from None
+    return model
+
+
+def _check_external(path: Path, tensors) -> None:
+    """Refuse external data that lies outside the model's folder, behind a symlink, or past its file's end."""
+    total = 0
+    for tensor in tensors:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = Path(info.get("location", ""))
+        target = path.parent / location
+        if not info.get("location") or location.is_absolute() or ".." in location.parts or target.is_symlink():
+            raise ModelFileError(path, f"tensor {tensor.name} keeps its data at {str(location)!r}, outside the "
+                                       "model's folder or behind a link; refused")
+        try:
+            size = os.lstat(target).st_size if stat.S_ISREG(os.lstat(target).st_mode) else -1
+        except OSError:
+            raise ModelFileError(path, f"tensor {tensor.name}: its data file {location} is missing") from None
+        offset, length = int(info.get("offset", 0)), int(info.get("length", size))
+        total += length
+        if size < 0 or offset < 0 or length < 0 or offset + length > size or total > MAX_EXTERNAL_BYTES:
+            raise ModelFileError(path, f"tensor {tensor.name}: its external data ({location}, {length:,} bytes at "
+                                       f"{offset:,}) is not inside a regular file of a sane size; refused")
 
 
 class OnnxGraphBackend:

@@ -1,10 +1,17 @@
 """What a stylize run reads and where each result goes: input discovery, safe output paths, shards.
 
 Inputs are files, folders and glob patterns. A file's result goes to the top of
-the output folder; a folder's images (searched recursively, symlinked folders
-followed once so a symlink loop cannot trap the search) go under the folder's
-own name, mirroring its tree; a pattern's matches mirror their path below the
-pattern's fixed leading folder (``photos/**/*.jpg`` → ``sub/x.jpg``).
+the output folder. A folder's images (searched recursively by
+``fastnst.files.walk_files``: symlinked folders followed once, any depth, every
+unreadable folder reported) mirror the folder's tree: directly under the output
+folder when the folder is the only input (``holiday/ -o styled/`` writes
+``styled/IMG_1.jpg``, as batch tools do), under the folder's own name when there
+are several inputs, so they cannot collide. A pattern's matches mirror their path
+below the pattern's fixed leading folder (``photos/**/*.jpg`` → ``sub/x.jpg``).
+
+Nothing is ever written over an input: an output folder that holds input photos,
+an input folder inside the output folder, and any output that is an input file
+itself (a hard link, a symlink) are refused before anything is read.
 
 Output paths are built from file and folder *names* only, so ``..`` and
 absolute paths cannot lead outside the output folder, and each path is checked
@@ -18,16 +25,15 @@ from __future__ import annotations
 import glob
 import os
 import re
-import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastnst.device import torchrun_rank
 from fastnst.errors import ConfigError, FastNSTError
-from fastnst.files import TEMP_MARKER, remove_stale_temporaries
-from fastnst.images import IMAGE_SUFFIXES, is_image_file
+from fastnst.files import NAME_MAX, probe_writable, remove_stale_temporaries, show_path, walk_files
+from fastnst.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, unreadable_format
 
 FORMATS = ("same", "jpg", "png", "webp")
 _WRITABLE = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -97,10 +103,7 @@ def prepare_output_dir(path: str | Path) -> Path:
     """Create the output folder and prove it writable (write and remove a probe) before any work starts."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=TEMP_MARKER + "probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(path)
     except OSError as exc:
         raise FastNSTError(f"{path}: the output folder cannot be written ({exc.strerror or exc}); "
                            "choose another -o/--output-dir or fix its permissions") from None
@@ -115,34 +118,33 @@ def is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
-    """Every image file below ``folder``, in sorted order, following symlinked folders once each."""
-    seen: set[tuple[int, int]] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        try:
-            st = os.stat(root)
-        except OSError:
-            dirs[:] = []
-            continue
-        real = Path(root).resolve()
-        if (st.st_dev, st.st_ino) in seen or real == exclude or real.is_relative_to(exclude):
-            dirs[:] = []  # a folder reached twice (symlink loop) or the output folder itself
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in sorted(files):
-            if is_image_file(name) and not name.startswith(TEMP_MARKER):
-                yield Path(root) / name
+def _listed(name: str) -> bool:
+    """Files a folder search lists: images to stylize, and photo formats to report as unreadable."""
+    suffix = Path(name).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or suffix in UNREADABLE_SUFFIXES
 
 
-def _expand(item: str, exclude: Path) -> Iterator[tuple[Path, Path]] | str:
-    """(source, output path relative to the output folder) pairs for one input, or the reason it gives none."""
+def _expand(item: str, exclude: Path, alone: bool) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """(source, output path relative to the output folder) pairs for one input, and its failures (input, reason).
+
+    ``alone``: the input is the run's only one, so a folder's tree goes directly under the output folder.
+    """
     path = Path(item)
-    if path.is_dir():
-        base = Path(path.resolve().name)
-        return ((source, base / source.relative_to(path)) for source in _walk(path, exclude))
-    if path.exists() or path.is_symlink() or not _GLOB_CHARS.search(item):
-        return iter([(path, Path(path.name))])  # a file, or a missing name that the decoder will report
+    try:
+        if path.is_dir():
+            real = path.resolve()
+            if real.is_relative_to(exclude):
+                return [], [(item, f"this folder is inside the output folder {show_path(exclude)}, whose files are "
+                                   "never read as inputs; choose an output folder outside it")]
+            files, unreadable = walk_files(path, _listed, exclude)
+            base = Path() if alone else Path(real.name)
+            return [(f, base / f.relative_to(path)) for f in files], \
+                [(str(folder), f"cannot list this folder ({why}); its photos were not stylized")
+                 for folder, why in unreadable]
+        if path.exists() or path.is_symlink() or not _GLOB_CHARS.search(item):
+            return [(path, Path(path.name))], []  # a file, or a missing name that the decoder will report
+    except OSError as exc:
+        return [], [(item, f"cannot read this input ({exc.strerror or exc})")]
     fixed = []
     for part in path.parts:
         if _GLOB_CHARS.search(part):
@@ -150,10 +152,10 @@ def _expand(item: str, exclude: Path) -> Iterator[tuple[Path, Path]] | str:
         fixed.append(part)
     root = Path(*fixed) if fixed else Path(".")
     matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-    matches = [m for m in matches if m.is_file() and is_image_file(m) and not is_inside(m, exclude)]
+    matches = [m for m in matches if _listed(m.name) and m.is_file() and not is_inside(m, exclude)]
     if not matches:
-        return f"the pattern matches no image file (readable suffixes: {' '.join(IMAGE_SUFFIXES)})"
-    return ((m, m.relative_to(root)) for m in matches)
+        return [], [(item, f"the pattern matches no image file (readable suffixes: {' '.join(IMAGE_SUFFIXES)})")]
+    return [(m, m.relative_to(root)) for m in matches], []
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -168,34 +170,85 @@ def discover(inputs: tuple[str, ...] | list[str], output_dir: Path, fmt: str = "
     """Expand ``inputs`` into this shard's jobs writing under ``output_dir`` (resolved); report bad inputs.
 
     A folder never searches the output folder, so outputs kept inside the input
-    tree are not stylized again on the next run.
+    tree are not stylized again on the next run. Raises ``FastNSTError`` when
+    the output folder holds input photos: writing there could replace them.
     """
     shard = shard or Shard()
     found = Discovery()
     owner: dict[Path, Path] = {}  # target → the source writing it
+    pairs: list[tuple[Path, Path]] = []
     for item in inputs:
-        pairs = _expand(str(item), output_dir)
-        if isinstance(pairs, str):
-            if shard.owns(str(item)):
-                found.failures.append((str(item), pairs))
+        expanded, failures = _expand(str(item), output_dir, alone=len(inputs) == 1)
+        found.failures += [(i, why) for i, why in failures if shard.owns(str(i))]
+        pairs += expanded
+    _refuse_overlap(pairs, output_dir)
+    sources = _identities(source for source, _ in pairs)
+    for source, relative in pairs:
+        relative = relative.with_suffix(output_suffix(source, fmt))
+        target = output_dir / relative
+        previous = owner.setdefault(target, source)
+        if previous is not source and _same_file(previous, source):
+            continue  # one file named twice (directly and through its folder, or via a symlink)
+        if not shard.owns(relative.as_posix()):
             continue
-        for source, relative in pairs:
-            relative = relative.with_suffix(output_suffix(source, fmt))
-            target = output_dir / relative
-            previous = owner.setdefault(target, source)
-            if previous is not source and _same_file(previous, source):
-                continue  # one file named twice (directly and through its folder, or via a symlink)
-            if not shard.owns(relative.as_posix()):
-                continue
-            if previous is not source:
-                found.failures.append((str(source), f"its output {target} is already the output of {previous}; "
-                                                    "stylize one of them separately"))
-            elif relative.is_absolute() or ".." in relative.parts or not is_inside(target, output_dir):
-                found.failures.append((str(source), f"its output {target} would lie outside the output folder "
-                                                    f"{output_dir} (a symlink or '..' in the way)"))
-            else:
-                found.jobs.append(Job(source, target))
+        problem = _target_problem(source, target, relative, output_dir, previous, sources)
+        if problem:
+            found.failures.append((str(source), problem))
+        else:
+            found.jobs.append(Job(source, target))
     return found
+
+
+def _refuse_overlap(pairs: list[tuple[Path, Path]], output_dir: Path) -> None:
+    """``FastNSTError`` when a source photo lies directly in the output folder tree's matching place: the run
+    would write its results beside (or over) the originals, e.g. ``holiday/*.jpg -o holiday``."""
+    for source, relative in pairs:
+        try:
+            same = (output_dir / relative).parent.resolve() == source.parent.resolve()
+        except OSError:
+            continue
+        if same:
+            raise FastNSTError(f"the output folder {show_path(output_dir)} holds the input photos (e.g. "
+                               f"{show_path(source)}): results would land beside the originals and could replace "
+                               "them; choose an output folder of its own with -o")
+
+
+def _identities(paths) -> dict[tuple[int, int], Path]:
+    """(device, inode) → path of every source that exists: how a target that *is* an input is recognised."""
+    out = {}
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        out[(info.st_dev, info.st_ino)] = path
+    return out
+
+
+def _target_problem(source: Path, target: Path, relative: Path, output_dir: Path, previous: Path,
+                    sources: dict[tuple[int, int], Path]) -> str | None:
+    """Why ``source`` may not be written to ``target``, or None."""
+    reason = unreadable_format(source)
+    if reason:
+        return reason
+    if previous is not source:
+        return f"its output {show_path(target)} is already the output of {show_path(previous)}; stylize one of " \
+               "them separately"
+    if relative.is_absolute() or ".." in relative.parts or not is_inside(target, output_dir):
+        return f"its output {show_path(target)} would lie outside the output folder {show_path(output_dir)} " \
+               "(a symlink or '..' in the way)"
+    if len(os.fsencode(target.name)) > NAME_MAX:
+        return f"its output name is {len(os.fsencode(target.name))} bytes, over the {NAME_MAX} a file name may " \
+               "have; rename the photo"
+    try:
+        info = target.stat()
+    except OSError:
+        return None
+    original = sources.get((info.st_dev, info.st_ino))
+    if original is not None:
+        return f"its output {show_path(target)} is the input photo {show_path(original)} itself (a link); refused, " \
+               "it would be replaced"
+    return None
 
 
 def remove_temporaries(output_dir: Path, shard: Shard) -> int:

@@ -12,6 +12,7 @@ the same paths and report the same way.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import numpy as np
 from PIL import Image
 
 from fastnst.errors import FastNSTError, ImageError, first_line
-from fastnst.images import open_image, resize_long_side, save_image
+from fastnst.images import encoder_limit, open_image, resize_long_side, save_image
 from fastnst.stylize.config import StylizeConfig
 from fastnst.stylize.inputs import Job, is_inside
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("done", "skipped", "failed")
 
@@ -47,8 +50,12 @@ class Record:
 
 
 def decode(job: Job, config: StylizeConfig) -> np.ndarray:
-    """The job's photo as (H, W, 3) uint8, EXIF-oriented and downsized to ``config.max_size``; ``ImageError``."""
+    """The job's photo as (H, W, 3) uint8, EXIF-oriented and downsized to ``config.max_size``; ``ImageError``
+    also when the output format cannot hold its size (found now, not after the compute)."""
     image = resize_long_side(open_image(job.source, config.max_pixels), config.max_size)
+    problem = encoder_limit(job.target, *image.size)
+    if problem:
+        raise ImageError(job.source, problem)
     return np.array(image, dtype=np.uint8)
 
 
@@ -74,12 +81,28 @@ def failure_reason(exc: BaseException, stage: str, job: Job) -> str:
     return f"cannot {verb} ({type(exc).__name__}: {first_line(exc, 200)})"
 
 
+def is_complete(target: Path) -> bool:
+    """Whether ``target`` exists and decodes to the end: a finished output a rerun may skip.
+
+    An output torn by a crash or a power cut (empty, truncated) is not, so a
+    rerun makes it again.
+    """
+    try:
+        if not target.is_file():
+            return False
+        open_image(target, max_pixels=None)
+    except (ImageError, OSError):
+        log.info("redoing %s: the existing output does not decode (torn by a crash?)", target)
+        return False
+    return True
+
+
 def stylize_job(job: Job, stylizer, config: StylizeConfig, output_dir: Path) -> Record:
     """Decode, stylize and write one photo; its ``Record`` (a failure is a record, never an exception).
 
     Outputs that exist are skipped unless ``config.overwrite``, as in the local pipeline.
     """
-    if not config.overwrite and job.target.exists():
+    if not config.overwrite and is_complete(job.target):
         return Record(str(job.source), str(job.target), "skipped")
     stage = "decoding"
     try:

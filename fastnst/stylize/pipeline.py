@@ -21,6 +21,7 @@ No PyTorch here: photos are numpy arrays from decoding to encoding.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -37,13 +38,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fastnst.device import torchrun_rank
 from fastnst.errors import FastNSTError
-from fastnst.files import atomic_path
+from fastnst.files import atomic_path, lock_folder, show_path
 from fastnst.stylize.config import StylizeConfig
 from fastnst.stylize.inputs import Job, Shard, discover, prepare_output_dir, remove_temporaries, resolve_shard
-from fastnst.stylize.photo import Record, decode, encode, failure_reason
+from fastnst.stylize.photo import Record, decode, encode, failure_reason, is_complete
 from fastnst.stylize.stylizer import Stylizer
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = ".fastnst-lock"
 
 
 @dataclass
@@ -56,7 +59,7 @@ class StylizeReport:
     report_path: Path | None = None
 
 
-def tally(report: StylizeReport, record: Record) -> None:
+def tally(report: StylizeReport, record: Record, warn: bool = True) -> None:
     """Count one input's ``record`` into ``report``; a failure is also one warning line naming the input."""
     if record.status == "done":
         report.done += 1
@@ -64,7 +67,8 @@ def tally(report: StylizeReport, record: Record) -> None:
         report.skipped += 1
     else:
         report.failed.append((record.input, record.reason))
-        log.warning("%s: %s", record.input, record.reason)
+        if warn:
+            log.warning("%s: %s", show_path(record.input), record.reason)
 
 
 @dataclass
@@ -81,24 +85,44 @@ class Plan:
     jobs: list[Job]
     failures: list[tuple[str, str]]
     report_path: Path | None
+    lock: ExitStack = field(default_factory=ExitStack, repr=False)
 
     @property
     def total(self) -> int:
         return len(self.jobs) + len(self.failures)
 
+    def close(self) -> None:
+        """Release the output folder's lock (also on garbage collection and at process exit)."""
+        self.lock.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def plan(config: StylizeConfig) -> Plan:
-    """Prepare the output folder (writable, leftovers of a killed run removed) and list the run's jobs.
+    """Prepare the output folder, lock it for this run and list the run's jobs: ``with plan(config) as job:``.
 
-    Raises ``FastNSTError`` before any work if the output folder cannot be written.
+    The output folder must be writable; a second run on it (the same shard)
+    gets one line and nothing is touched; half-written files a killed run left
+    are removed. Raises ``FastNSTError`` before any work when one of these fails.
     """
     output_dir = prepare_output_dir(config.output_dir)
     shard = resolve_shard(config.shard)
-    found = discover(config.inputs, output_dir, config.format, shard)
+    lock = ExitStack()
+    lock.enter_context(lock_folder(output_dir, LOCK_NAME if shard.count == 1 else
+                                   f"{LOCK_NAME}-shard{shard.index}of{shard.count}"))
+    try:
+        found = discover(config.inputs, output_dir, config.format, shard)
+    except BaseException:
+        lock.close()
+        raise
     removed = remove_temporaries(output_dir, shard)
     if removed:
         log.info("removed %d half-written file(s) left by an interrupted run", removed)
-    return Plan(output_dir, shard, found.jobs, found.failures, report_path(config.report, shard))
+    return Plan(output_dir, shard, found.jobs, found.failures, report_path(config.report, shard), lock)
 
 
 def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> StylizeReport:
@@ -107,20 +131,20 @@ def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> St
     Raises ``FastNSTError`` before any work if the output folder cannot be
     written or the model cannot be loaded.
     """
-    job = plan(config)
-    stylizer = stylizer or Stylizer.from_config(config)
-    batch_size = config.batch_size or stylizer.default_batch_size
-    # By default no more streams than photos: one photo alone runs fastest on all cores.
-    streams = config.streams or max(1, min(stylizer.backend.default_streams, len(job.jobs)))
-    if not stylizer.backend.concurrent:
-        streams = 1
-    stylizer.backend.set_streams(streams)
-    show = sys.stderr.isatty() and torchrun_rank()[0] == 0
-    with _Run(config, stylizer, batch_size, streams, job.report_path, show, job.total) as run:
-        for source, reason in job.failures:
-            run.finish(source, None, "failed", reason)
-        run.process(job.jobs)
-    return run.report
+    with plan(config) as job:
+        stylizer = stylizer or Stylizer.from_config(config)
+        batch_size = config.batch_size or stylizer.default_batch_size
+        # By default no more streams than photos: one photo alone runs fastest on all cores.
+        streams = config.streams or max(1, min(stylizer.backend.default_streams, len(job.jobs)))
+        if not stylizer.backend.concurrent:
+            streams = 1
+        stylizer.backend.set_streams(streams)
+        show = sys.stderr.isatty() and torchrun_rank()[0] == 0
+        with _Run(config, stylizer, batch_size, streams, job.report_path, show, job.total) as run:
+            for source, reason in job.failures:
+                run.finish(source, None, "failed", reason)
+            run.process(job.jobs)
+        return run.report
 
 
 def report_path(path: str | None, shard: Shard) -> Path | None:
@@ -174,6 +198,7 @@ class _Run:
         # Photos in flight: decoded and waiting, and stylized and waiting to be written.
         self.prefetch = config.workers + streams * batch_size
         self.write_queue = config.workers + streams
+        self.disk_full: str | None = None
         self._stack = ExitStack()
 
     def __enter__(self) -> _Run:
@@ -217,13 +242,14 @@ class _Run:
                 limit *= 2
 
     def finish(self, source: str | Path, target: Path | None, status: str, reason: str = "",
-               size: tuple[int, int] | None = None, tiles: int = 0) -> None:
-        """Count one input, log it if it failed, add its line to the report and advance the bar."""
+               size: tuple[int, int] | None = None, tiles: int = 0, log: bool = True) -> None:
+        """Count one input, log it if it failed (unless ``log`` is False), add its line to the report and
+        advance the bar."""
         record = Record(str(source), str(target) if target else None, status, reason,
                         *((size[1], size[0]) if size else (None, None)), tiles)
-        tally(self.report, record)
+        tally(self.report, record, log)
         if self.records is not None:
-            self.records.write(record.to_json() + "\n")
+            self.records.write(record)
         self.bar.update(1)
         if self.report.failed:
             self.bar.set_postfix(failed=len(self.report.failed), refresh=False)
@@ -247,15 +273,29 @@ class _Run:
             self._stylize(batch)
 
     def _refill(self, pending, decoding: deque) -> None:
-        """Start decoding until ``prefetch`` photos are queued; outputs that exist are skipped unread."""
+        """Start decoding until ``prefetch`` photos are queued; finished outputs are skipped unread.
+
+        Once the disk is full, the rest of the jobs are counted as failed (one
+        warning for all of them) instead of computed for nothing.
+        """
         while len(decoding) < self.prefetch:
             job = next(pending, None)
             if job is None:
                 return
-            if not self.config.overwrite and job.target.exists():
+            if self.disk_full:
+                self._give_up(job, pending)
+                return
+            if not self.config.overwrite and is_complete(job.target):
                 self.finish(job.source, job.target, "skipped")
                 continue
             decoding.append((job, self.readers.submit(decode, job, self.config)))
+
+    def _give_up(self, job: Job, pending) -> None:
+        rest = [job, *pending]
+        log.warning("%d photo(s) not stylized: the disk holding %s is full (%s); free some space and run the same "
+                    "command again, finished outputs are kept", len(rest), show_path(self.output_dir), self.disk_full)
+        for left in rest:
+            self.finish(left.source, None, "failed", f"not stylized: the disk is full ({self.disk_full})", log=False)
 
     def _stylize(self, batch: list[tuple[Job, np.ndarray]]) -> None:
         """Stylize a batch of equal-size photos on a compute thread; a tiled photo runs alone (all cores)."""
@@ -297,6 +337,8 @@ class _Run:
             try:
                 self._wait(future, "encoding", [job.source])
             except Exception as exc:  # noqa: BLE001 - an encoder bug on one photo must not stop the library
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.disk_full = exc.strerror or str(exc)
                 self.finish(job.source, None, "failed", failure_reason(exc, "encoding", job))
             else:
                 self.finish(job.source, job.target, "done", size=shape, tiles=tiles)
@@ -304,10 +346,39 @@ class _Run:
 
 @contextmanager
 def open_report(path: Path | None):
-    """The report file (a text handle, or None without ``path``), open for the whole run under a temporary name
-    and renamed at the end: write one ``Record.to_json()`` line per input."""
+    """The report writer (``ReportWriter``, or None without ``path``), open for the whole run under a temporary
+    name and renamed at the end: ``write(record)`` one ``Record`` per input."""
     if path is None:
         yield None
         return
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        yield handle
+    with atomic_path(path) as tmp:
+        writer = ReportWriter(tmp, path)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+class ReportWriter:
+    """Writes the report's lines; a write that fails (a full disk) stops the writing, not the run, and the
+    run ends with one error line naming the report (its temporary file removed) once the photos are done."""
+
+    def __init__(self, tmp: Path, path: Path) -> None:
+        self.path, self.error = path, None
+        self.handle = open(tmp, "w", encoding="ascii")  # Record.to_json escapes everything else
+
+    def write(self, record: Record) -> None:
+        if self.error is None:
+            try:
+                self.handle.write(record.to_json() + "\n")
+            except OSError as exc:
+                self.error = exc.strerror or str(exc)
+
+    def close(self) -> None:
+        try:
+            self.handle.close()
+        except OSError as exc:
+            self.error = self.error or exc.strerror or str(exc)
+        if self.error is not None:
+            raise FastNSTError(f"cannot write the report {show_path(self.path)} ({self.error}); the photos above "
+                               "were processed, rerun with another --report (or free space) for the list")

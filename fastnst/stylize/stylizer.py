@@ -32,7 +32,7 @@ from fastnst.backends import (
 )
 from fastnst.color import blend, check_strength, preserve_color
 from fastnst.device import accelerator_possible, resolve_device, torchrun_rank
-from fastnst.errors import ConfigError
+from fastnst.errors import ConfigError, FastNSTError
 from fastnst.images import resize_array, to_float, to_rgb, to_uint8
 from fastnst.models.spec import NormStats, norm_count
 from fastnst.styles import describe, model_style_names, resolve_style
@@ -204,7 +204,14 @@ class Stylizer:
         return self._finish(content, as_array(self.backend.run(content, norm_stats=norm_stats)))
 
     def _finish(self, content: np.ndarray, styled: np.ndarray) -> np.ndarray:
-        """Colour and strength on the network's output, then clamped to 0–1 (in place where possible)."""
+        """Colour and strength on the network's output, then clamped to 0–1 (in place where possible).
+
+        A non-finite output (NaN or infinite values: broken weights, or a runtime
+        fault) is an error for this image rather than a black picture reported done.
+        """
+        if not np.isfinite(styled).all():
+            raise FastNSTError("the network produced NaN or infinite values for this image (corrupt weights or a "
+                               "runtime fault); try --backend torch or another model file")
         if self.preserve_color:
             styled = preserve_color(content, styled)
         if self.strength < 1.0:

@@ -109,8 +109,9 @@ def min_tile_size(context: int) -> int:
 
 
 def needs_tiling(height: int, width: int, tile_size: int) -> bool:
-    """Whether an image is over the ``tile_size``² pixels one forward pass may take."""
-    return height * width > tile_size * tile_size
+    """Whether an image is over the ``tile_size``² pixels one forward pass may take (counted as the network
+    pads it: a 1-pixel-high strip costs 8 rows)."""
+    return padded_size(height) * padded_size(width) > tile_size * tile_size
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,12 @@ def plan(height: int, width: int, tile_size: int, context: int) -> list[Tile]:
     """
     limit_h = limit_w = tile_size
     budget = tile_size * tile_size
+    # A thin image is padded to at least MIN_SIZE (and a multiple of 4) across: that padded size, not the
+    # image's, is what a pass costs, so a 1-pixel-high strip does not get 8 times the budget.
     if height < tile_size:
-        limit_w = budget // height // SIZE_MULTIPLE * SIZE_MULTIPLE
+        limit_w = budget // padded_size(height) // SIZE_MULTIPLE * SIZE_MULTIPLE
     elif width < tile_size:
-        limit_h = budget // width // SIZE_MULTIPLE * SIZE_MULTIPLE
+        limit_h = budget // padded_size(width) // SIZE_MULTIPLE * SIZE_MULTIPLE
     rows, cols = split(height, limit_h, context), split(width, limit_w, context)
     return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1) for y0, y1, cy0, cy1 in rows for x0, x1, cx0, cx1 in cols]
 

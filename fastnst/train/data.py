@@ -26,8 +26,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fastnst.errors import ConfigError, FastNSTError, ImageError
+from fastnst.errors import ConfigError, FastNSTError, ImageError, first_line
+from fastnst.files import show_path, walk_files
 from fastnst.images import is_image_file, open_image, to_tensor
+from fastnst.train import rng
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,15 @@ def find_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"--data {root}: not a folder; give a folder of training photos (e.g. COCO train2014/)")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, unreadable = walk_files(root, keep=lambda name: True)
+    for folder, why in unreadable:
+        log.warning("cannot list %s (%s): its photos are left out of training", show_path(folder), why)
     photos, ignored = [], []
-    for path in files:
+    for path in sorted(files):
         if not is_image_file(path):
-            ignored.append(f"{path} (not an image suffix)")
-        elif path.stat().st_size == 0:
-            ignored.append(f"{path} (empty file)")
+            ignored.append(f"{show_path(path)} (not an image suffix)")
+        elif _size(path) == 0:
+            ignored.append(f"{show_path(path)} (empty file)")
         else:
             photos.append(path)
     if ignored:
@@ -56,6 +60,13 @@ def find_images(root: str | Path) -> list[Path]:
     if not photos:
         raise ConfigError(f"--data {root}: no image files found (looked recursively for .jpg, .png, .webp, ...)")
     return photos
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def split_holdout(photos: list[Path], count: int) -> tuple[list[Path], list[Path]]:
@@ -84,6 +95,9 @@ def load_photo(path: str | Path, size: int) -> torch.Tensor:
     return to_tensor(image)
 
 
+MAX_ASPECT = 16  # a photo longer than this many times its width is refused for random crops (memory)
+
+
 def load_random_crop(path: str | Path, size: int, crop: int, generator: torch.Generator) -> torch.Tensor:
     """A photo scaled so its short side is ``size``, then a random ``crop`` square of it: (3, crop, crop) in 0–1.
 
@@ -91,6 +105,9 @@ def load_random_crop(path: str | Path, size: int, crop: int, generator: torch.Ge
     training images, at the scale of the photos the model will later stylize.
     """
     image = open_image(path)
+    if max(image.size) > MAX_ASPECT * min(image.size):
+        raise ImageError(path, f"{image.width}x{image.height} is too elongated to train on (over {MAX_ASPECT}:1; "
+                               "scaled to the training size it would take gigabytes)")
     scale = size / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
@@ -131,11 +148,13 @@ class PhotoDataset(Dataset):
                 if self.crop is None:
                     return load_photo(self.photos[i], self.size)
                 draw = epoch_seed(self.seed, self.epoch) * 1_000_003 + i
-                return load_random_crop(self.photos[i], self.size, self.crop, torch.Generator().manual_seed(draw))
-            except ImageError as exc:
+                return load_random_crop(self.photos[i], self.size, self.crop, rng.generator(draw))
+            except Exception as exc:  # noqa: BLE001 - one odd photo (or a decoder bug) must not end a long run
                 if i not in self._warned:
                     self._warned.add(i)
-                    log.warning("skipping unreadable training photo %s", exc)
+                    reason = str(exc) if isinstance(exc, ImageError) else \
+                        f"{show_path(self.photos[i])}: {type(exc).__name__}: {first_line(exc)}"
+                    log.warning("skipping unreadable training photo %s", reason)
         raise FastNSTError(f"none of the {len(self.photos)} training photos could be read (see the warnings above)")
 
 
@@ -167,7 +186,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def order(self, epoch: int) -> list[int]:
         """The global index order of ``epoch`` (all ranks), a pure function of the seed and the epoch."""
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        generator = rng.generator(epoch_seed(self.seed, epoch))
         if self.replacement:
             return torch.randint(self.size, (self.batch_size * self.world_size,), generator=generator).tolist()
         return torch.randperm(self.size, generator=generator).tolist()
@@ -197,7 +216,7 @@ def start_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
     sampler = loader.batch_sampler
     sampler.set_epoch(epoch, start)
     loader.dataset.set_epoch(epoch)
-    loader.generator.manual_seed(epoch_seed(sampler.seed, epoch))
+    loader.generator.manual_seed(rng.fold(epoch_seed(sampler.seed, epoch)))
 
 
 def make_loader(dataset: PhotoDataset, sampler: EpochBatchSampler, workers: int, pin_memory: bool = False
@@ -209,4 +228,4 @@ def make_loader(dataset: PhotoDataset, sampler: EpochBatchSampler, workers: int,
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0 and dataset.crop is None,
                       worker_init_fn=_ignore_interrupts if workers else None,
-                      generator=torch.Generator().manual_seed(sampler.seed))
+                      generator=rng.generator(sampler.seed))

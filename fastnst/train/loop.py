@@ -46,7 +46,7 @@ import torch
 from fastnst.checkpoint import load_training_state, read_info, save_model, save_training_state
 from fastnst.device import describe_device, keep_freed_memory
 from fastnst.errors import FastNSTError, ModelFileError
-from fastnst.files import remove_temporaries_of
+from fastnst.files import probe_writable, remove_temporaries_of, show_path
 from fastnst.images import encode_thumbnail
 from fastnst.losses import LossSpec, content_targets, perceptual_losses
 from fastnst.models.transformer import TransformerSpec, get_spec
@@ -119,6 +119,8 @@ class TrainingRun:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.ckpt_path = checkpoint_path(config.output)
+        if self.main:
+            _check_output_folder(Path(config.output))
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_good: Path | None = None
         self.seconds_before = 0.0  # training time of the runs this one resumes
@@ -245,9 +247,14 @@ class TrainingRun:
         return {**dict(zip(LOSSES, (summed[:-1] / self.world).tolist())), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def periodic_checkpoint(self, step: int, metrics: dict[str, float]) -> None:
-        """The checkpoint hook: every ``checkpoint_every`` steps (rank 0)."""
+        """The checkpoint hook: every ``checkpoint_every`` steps (rank 0). A checkpoint that cannot be written
+        (a full disk) is a warning: the previous one stays, and training goes on."""
         if self.config.checkpoint_every and step % self.config.checkpoint_every == 0:
-            self.last_good = self.checkpoint()
+            try:
+                self.last_good = self.checkpoint()
+            except OSError as exc:
+                log.warning("could not write the checkpoint at step %d (%s); %s", step, exc.strerror or exc,
+                            f"the one of {self.last_good} is kept" if self.last_good else "none was saved yet")
 
     def stop_if_asked(self, stop: distributed.StopRequests) -> None:
         """After SIGINT/SIGTERM on any rank: checkpoint (rank 0) and raise ``TrainingInterrupted``."""
@@ -303,6 +310,15 @@ class TrainingRun:
 
 
 # -- set-up helpers ------------------------------------------------------------------------------
+
+def _check_output_folder(output: Path) -> None:
+    """The model's folder must be writable now, not found unwritable at the first checkpoint hours later."""
+    try:
+        probe_writable(output.parent)
+    except OSError as exc:
+        raise FastNSTError(f"{show_path(output.parent)}: cannot write the model there ({exc.strerror or exc}); "
+                           "choose another -o or fix the folder's permissions") from None
+
 
 def _thumbnails(config: TrainConfig) -> tuple[str, ...]:
     """One thumbnail per style of the model: the ``init`` model's own (if it has them), then the style images'."""

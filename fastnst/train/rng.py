@@ -12,6 +12,17 @@ import numpy as np
 import torch
 
 
+def fold(seed: int) -> int:
+    """``seed`` folded into 63 bits: the seeds derived from a large ``--seed`` (e.g. 20240101, times the step
+    and style multipliers) would overflow ``manual_seed``; small ones are kept as they are."""
+    return seed % 2**63
+
+
+def generator(seed: int) -> torch.Generator:
+    """A torch generator seeded with ``fold(seed)``."""
+    return torch.Generator().manual_seed(fold(seed))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

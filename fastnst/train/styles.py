@@ -23,8 +23,11 @@ from fastnst.images import load_style_image
 from fastnst.losses import LossSpec, style_targets
 from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet, TransformerSpec
 from fastnst.styles import check_unique, model_style_names
+from fastnst.train import rng
 
 log = logging.getLogger(__name__)
+
+MAX_STYLE_PIXELS = 2048 * 2048
 
 
 class StyleDraw:
@@ -40,7 +43,7 @@ class StyleDraw:
         self.num_styles, self.seed, self.rank = num_styles, seed, rank
 
     def __call__(self, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.rank) * 10_000_019 + step)
+        generator = rng.generator((self.seed * 1_000_003 + self.rank) * 10_000_019 + step)
         picks = self.choices[torch.randint(len(self.choices), (batch,), generator=generator)]
         return picks, F.one_hot(picks, self.num_styles).float()
 
@@ -48,8 +51,19 @@ class StyleDraw:
 def target_grams(vgg: torch.nn.Module, paths: Sequence[str], style_size: int | None, spec: LossSpec,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """Gram matrices of every style image (``fastnst.losses.style_targets``): (S, C, C) fp32 per key, in ``paths``
-    order, each image loaded by the one style-size rule (``fastnst.images.load_style_image``)."""
-    return style_targets(vgg, [load_style_image(path, style_size).to(device) for path in paths], spec)
+    order, each image loaded by the one style-size rule (``fastnst.images.load_style_image``).
+
+    A style image over ``MAX_STYLE_PIXELS`` is refused with the fix (``--style-size``): the loss network's
+    activations of a 12000×8000 painting would need tens of GB.
+    """
+    images = []
+    for path in paths:
+        image = load_style_image(path, style_size)
+        if image.shape[-1] * image.shape[-2] > MAX_STYLE_PIXELS:
+            raise ConfigError(f"{path}: the style image is {image.shape[-1]}x{image.shape[-2]} px, too large for the "
+                              "loss network's memory; give --style-size (e.g. 512; at most 2048)")
+        images.append(image.to(device))
+    return style_targets(vgg, images, spec)
 
 
 def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | None
