@@ -255,11 +255,11 @@ def _check_shapes(path: Path, shapes: dict[str, tuple[int, ...]], spec: Transfor
 
 
 def _load_tensors(path: Path) -> dict:
-    from safetensors import safe_open
+    """The file's tensors, read as bytes (safetensors' own file API refuses paths that are not UTF-8)."""
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+        return load(path.read_bytes())
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise ModelFileError(path, f"not a readable .safetensors file ({first_line(exc)}); is it truncated?") from None
 

@@ -43,7 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     extension (Pillow, safetensors) behave as for the real name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     while True:
         tmp = path.parent / _temporary_name(path)
         try:
@@ -64,6 +64,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 NAME_MAX = 255  # bytes in one file name on the file systems fastnst writes to
+
+
+def make_folders(folder: Path) -> None:
+    """``folder`` and its missing parents, one level at a time (a mirrored tree may be deeper than Python's
+    recursion limit, which ``Path.mkdir(parents=True)`` and ``os.makedirs`` recurse through)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
 
 
 def _temporary_name(path: Path) -> str:
@@ -95,7 +109,7 @@ def probe_writable(folder: Path) -> None:
 
     Done before hours of work (training, a photo library), not found out at the first save.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     fd, probe = tempfile.mkstemp(prefix=TEMP_MARKER + "probe-", dir=folder)
     os.close(fd)
     os.unlink(probe)

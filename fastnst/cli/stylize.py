@@ -28,8 +28,12 @@ def _strength(text: str) -> float:
 def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p = sub.add_parser("stylize", help="stylize image files, folders and globs with a model",
                        description="Stylize images with a trained model. Folders are searched recursively and "
-                                   "mirrored under OUT_DIR; existing outputs are skipped unless --overwrite, so a "
-                                   "killed run resumes; bad inputs are named and skipped (exit code 1).")
+                                   "mirrored under OUT_DIR: one folder given, its tree goes directly under OUT_DIR "
+                                   "(holiday/ -o styled/ writes styled/IMG_1.jpg); several inputs keep their own "
+                                   "top folders. A file goes to the top of OUT_DIR. Inputs are never overwritten: an "
+                                   "OUT_DIR holding input photos is refused. Existing outputs are skipped unless "
+                                   "--overwrite, so a killed run resumes; bad inputs are named and skipped (exit "
+                                   "code 1).")
     p.set_defaults(run=_run_stylize)
     if not options:
         return
