@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
-#   make demo   – create .venv, install fastnst, run the offline demo
-#   make test   – create .venv, install fastnst[dev,openvino,demo], lint and run the test suite
+#   make demo   – create .venv, install fastnst[dev,demo,all], run the offline demo
+#   make test   – create .venv, install fastnst[dev,demo,all], lint and run the test suite
+#   make serve  – the HTTP API and web page on http://127.0.0.1:8000 with the bundled styles
 # torch==2.13.0 is installed first so pip takes the CPU wheel instead of pulling CUDA packages.
 
 PYTHON ?= python3
@@ -9,12 +10,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.fastnst-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,openvino,demo]'
+	$(BIN)/pip install --quiet -e '.[dev,demo,all]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check fastnst tests scripts
 	$(BIN)/python -m pytest -q
+
+serve: $(STAMP)
+	$(BIN)/fastnst serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check fastnst tests scripts

@@ -6,6 +6,8 @@
 * ``merge``: model files whose shared weights are identical (a model and its
   ``fastnst train --init`` extensions) become one multi-style model: a style is
   one row of (scale, shift) in each InstanceNorm, everything else is shared.
+* ``select``: only some styles of a multi-style model are kept (one: a
+  single-style file that loads alone), their outputs unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class ConvertConfig:
 
     ``merge``: instead of ``source``, two or more model files that share all
     their non-norm weights, written as one multi-style model (``merge_models``).
-    ``style_name``: one name, or one per style of the output.
+    ``style_name``: one name, or one per style of the output. ``select``: the
+    styles to keep (names or indices, in the output's order), after any merge.
     """
 
     source: str | None
@@ -37,9 +40,13 @@ class ConvertConfig:
     style_name: str | tuple[str, ...] | None = None
     half: bool = False
     merge: tuple[str, ...] = ()
+    select: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "merge", tuple(str(m) for m in self.merge))
+        object.__setattr__(self, "select", tuple(str(m) for m in self.select))
+        if len(set(self.select)) != len(self.select):
+            raise ConfigError(f"--select names a style twice: {', '.join(self.select)}")
         if isinstance(self.style_name, (list, tuple)):
             object.__setattr__(self, "style_name", tuple(self.style_name) or None)
         if not str(self.output).endswith(".safetensors"):
@@ -67,6 +74,9 @@ def convert_model(config: ConvertConfig) -> Path:
         styles, extra = info.styles, {**info.config, "converted_from": Path(config.source).name,
                                       "source_format": info.source}
         thumbnails = info.thumbnails
+    if config.select:
+        model, styles, thumbnails = _selected(model, styles, thumbnails, config.select)
+        extra = {**extra, "selected_styles": list(styles)}
     if config.style_name:
         names = (config.style_name,) if isinstance(config.style_name, str) else config.style_name
         if len(names) != model.spec.num_styles:
@@ -75,6 +85,17 @@ def convert_model(config: ConvertConfig) -> Path:
         styles = names
     check_unique(styles)
     return save_model(config.output, model, styles=styles, config=extra, half=config.half, thumbnails=thumbnails)
+
+
+def _selected(model, styles: Sequence[str], thumbnails: Sequence[str], select: Sequence[str]):
+    """``model`` cut down to the styles ``select`` (names or indices): (network, names, thumbnails)."""
+    from fastnst.models.transformer import select_styles
+    from fastnst.styles import model_style_names, style_index
+
+    names = model_style_names(tuple(styles), model.spec.num_styles)
+    indices = [style_index(names, key, "--select") for key in select]
+    kept = tuple(thumbnails[i] for i in indices) if len(thumbnails) == len(names) else ()
+    return select_styles(model, indices), tuple(names[i] for i in indices), kept
 
 
 def merge_models(models: Sequence[tuple]):

@@ -37,9 +37,23 @@ class FileError(FastNSTError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable (Ray, process pools) despite the two-argument constructor
+        return type(self), (self.path, self.reason)
+
 
 class ImageError(FileError):
     """An image file is unreadable, truncated, empty, too large or not an image."""
+
+
+class ImageTooLarge(ImageError):
+    """An image declares more pixels than allowed (``limit``); ``size`` is its (width, height) when known."""
+
+    def __init__(self, path, reason: str, limit: int, size: tuple[int, int] | None = None) -> None:
+        super().__init__(path, reason)
+        self.limit, self.size = limit, size
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason, self.limit, self.size)
 
 
 class ModelFileError(FileError):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fastnst.errors import ConfigError, ImageError, first_line
+from fastnst.errors import ConfigError, ImageError, ImageTooLarge, first_line
 from fastnst.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -54,49 +54,65 @@ _SAVE_FORMATS = {
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` into an 8-bit RGB image, oriented as the camera intended.
+def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+               formats: tuple[str, ...] = READ_FORMATS, name: str = "upload") -> Image.Image:
+    """Decode a file (a path) or an upload (its bytes, called ``name`` in errors) into 8-bit RGB, EXIF-oriented.
 
     Raises ``ImageError`` for missing, unreadable, empty, truncated and non-image
-    files, for images over ``max_pixels`` (checked from the header, before
-    decoding; ``None`` disables the check) and for modes with no RGB meaning.
+    data, for formats outside ``formats`` (Pillow's names), for modes with no RGB
+    meaning, and ``ImageTooLarge`` (an ``ImageError``) for images over
+    ``max_pixels`` (checked from the header, before decoding; ``None`` disables
+    the check) or declaring more than Pillow's decompression-bomb limit.
     """
-    path = Path(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label: str | Path = name
+        if len(source) == 0:
+            raise ImageError(name, "empty upload (0 bytes)")
+        opener = io.BytesIO(source)
+    else:
+        label = opener = Path(source)
     try:
-        if path.is_dir():
-            raise ImageError(path, "is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageError(path, "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            # We apply our own pixel limit below; Pillow's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=READ_FORMATS) as img:
-                width, height = img.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ImageError(path, f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                                           f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)")
-                img.load()
-                try:
-                    img = ImageOps.exif_transpose(img)
-                except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not lose the photo
-                    log.warning("%s: ignoring unreadable EXIF orientation (%s)", path, first_line(exc))
-                return to_rgb(img, path)
+        if isinstance(opener, Path):
+            if opener.is_dir():
+                raise ImageError(label, "is a folder, not an image")
+            if opener.stat().st_size == 0:
+                raise ImageError(label, "empty file (0 bytes)")
+        return _decode(opener, label, max_pixels, formats)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
+        raise ImageError(label, "no such file") from None
     except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        raise ImageError(label, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(path, f"not an image in a format fastnst reads ({', '.join(READ_FORMATS)})") from None
+        raise ImageError(label, f"not an image in a format fastnst reads ({', '.join(formats)})") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageError(path, f"header declares over {limit:,} pixels (Pillow's hard limit); refused as a "
-                               "possible decompression bomb") from None
+        raise ImageTooLarge(label, f"header declares over {limit:,} pixels (Pillow's hard limit); refused as a "
+                                   "possible decompression bomb", limit) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-            raise ImageError(path, "a symlink loop (the link leads back to itself), not an image") from None
-        raise ImageError(path, f"cannot decode ({first_line(exc)}); the file may be truncated or corrupt") from None
+            raise ImageError(label, "a symlink loop (the link leads back to itself), not an image") from None
+        raise ImageError(label, f"cannot decode ({first_line(exc)}); the file may be truncated or corrupt") from None
+
+
+def _decode(opener: Path | io.BytesIO, label: str | Path, max_pixels: int | None,
+            formats: tuple[str, ...]) -> Image.Image:
+    with warnings.catch_warnings():
+        # We apply our own pixel limit below; Pillow's warning would only be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(opener, formats=formats) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(label, f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                                           f"{max_pixels:,} (raise it with --max-pixels if the file is trusted)",
+                                    max_pixels, (width, height))
+            img.load()
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not lose the photo
+                log.warning("%s: ignoring unreadable EXIF orientation (%s)", label, first_line(exc))
+            return to_rgb(img, label)
 
 
 def to_rgb(img: Image.Image, path: str | Path = "<image>") -> Image.Image:
@@ -231,20 +247,27 @@ def load_image(path: str | Path, max_size: int | None = None,
     return to_tensor(resize_long_side(open_image(path, max_pixels), max_size))
 
 
-def save_image(image, path: str | Path, quality: int = 95) -> Path:
-    """Write an image atomically, the format chosen by the suffix (.jpg .png .webp .tif .bmp).
-
-    ``quality`` applies to JPEG and WebP. Encoder settings are fixed, so the same
-    pixels always give the same bytes.
-    """
-    path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+def save_format(path: str | Path) -> str:
+    """Pillow's format name for ``path``'s suffix (.jpg .png .webp .tif .bmp); ``ConfigError`` for another."""
+    fmt = _SAVE_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ConfigError(f"{path}: cannot save as {path.suffix or '(no suffix)'}; use one of "
+        raise ConfigError(f"{path}: cannot save as {Path(path).suffix or '(no suffix)'}; use one of "
                           f"{', '.join(sorted(_SAVE_FORMATS))}")
+    return fmt
+
+
+def encode_image(image, fmt: str, quality: int = 95) -> bytes:
+    """An image (PIL, (H, W, 3) uint8 array, or (3, H, W) / (1, 3, H, W) 0–1 tensor) → the bytes of a ``fmt`` file.
+
+    ``fmt`` is Pillow's name (JPEG, PNG, WEBP, TIFF, BMP); ``quality`` (1–100)
+    applies to JPEG and WebP. Encoder settings are fixed, so the same pixels
+    always give the same bytes, whether saved or served.
+    """
     if not 1 <= quality <= 100:
         raise ConfigError(f"quality must be 1–100, got {quality}")
-    if not isinstance(image, Image.Image):  # a (3, H, W) or (1, 3, H, W) tensor or array in 0–1
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
         image = to_pil(image)
     options: dict = {}
     if fmt == "JPEG":
@@ -253,8 +276,17 @@ def save_image(image, path: str | Path, quality: int = 95) -> Path:
         options = {"quality": quality, "method": 4}
     elif fmt == "PNG":
         options = {"compress_level": 6}
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def save_image(image, path: str | Path, quality: int = 95) -> Path:
+    """Write an image atomically (see ``encode_image``), the format chosen by the suffix."""
+    path = Path(path)
+    data = encode_image(image, save_format(path), quality)
     with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **options)
+        tmp.write_bytes(data)
     return path
 
 
@@ -279,14 +311,27 @@ def decode_thumbnail(data: str, what: str = "thumbnail"):
         raise ImageError(what, f"corrupt thumbnail ({first_line(exc)})") from None
 
 
+def side_limit(fmt: str, width: int, height: int) -> int | None:
+    """The largest side Pillow's ``fmt`` encoder can write when ``width``×``height`` exceeds it; None when it fits."""
+    limit = MAX_SIDE.get(fmt)
+    return limit if limit is not None and max(width, height) > limit else None
+
+
 def encoder_limit(path: str | Path, width: int, height: int) -> str | None:
     """Why a ``width``×``height`` image cannot be saved as ``path``'s format, or None when it can."""
-    fmt = _SAVE_FORMATS.get(Path(path).suffix.lower())
-    limit = MAX_SIDE.get(fmt)
-    if limit is not None and max(width, height) > limit:
+    fmt = _SAVE_FORMATS.get(Path(path).suffix.lower(), "")
+    limit = side_limit(fmt, width, height)
+    if limit is not None:
         return (f"{width}x{height} is larger than {fmt} can hold ({limit} px a side); use --format png or "
                 f"--max-size {limit}")
     return None
+
+
+def psnr(a, b, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio of two same-shape images in dB (``peak`` 255 for uint8 pixels, 1 for 0–1 floats);
+    inf when they are equal. How far a backend, precision or encoder is from a reference."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
 
 def is_image_file(path: str | Path) -> bool:

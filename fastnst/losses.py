@@ -10,14 +10,18 @@ Normalisation (fixed, so weights transfer between image sizes and batch sizes):
 * content loss: mean squared error between activations, per layer, weighted sum;
 * style loss: mean squared error between Gram matrices, per layer, weighted sum;
 * total variation: mean squared difference of horizontally and vertically
-  neighbouring pixels (on the 0–1 image), summed over the two directions.
+  neighbouring pixels (on the 0–1 image), summed over the two directions;
+* temporal consistency (training only): mean squared difference, on the 0–1
+  image, between the stylization moved by a small motion and the stylization of
+  the photo moved by it (``temporal_loss``), over the pixels the motion keeps.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +83,51 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+# The small motions of the temporal term, as between two video frames: per item a shift of up to 2% of the image,
+# a zoom of up to ±2%, a turn of up to 1°, and sensor noise of 1/100 (σ, on 0–1 pixels) on the moved photo.
+MOTION = {"shift": 0.02, "zoom": 0.02, "degrees": 1.0, "noise": 0.01}
+
+
+def random_motion(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 2, 3) affine matrices of small random motions (``MOTION``) in ``F.affine_grid``'s convention: the
+    moved image at output point p shows the original at ``theta @ [p, 1]`` (coordinates in -1..1)."""
+    draw = torch.rand(batch, 4, generator=generator) * 2 - 1  # uniform in -1..1: shift x, shift y, zoom, turn
+    zoom = 1 + MOTION["zoom"] * draw[:, 2]
+    turn = torch.deg2rad(MOTION["degrees"] * draw[:, 3])
+    cos, sin = torch.cos(turn) / zoom, torch.sin(turn) / zoom
+    shift = 2 * MOTION["shift"] * draw[:, :2]  # a fraction of the image is twice that in -1..1 coordinates
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` (B, C, H, W) moved by ``theta`` (B, 2, 3), bilinear; and a (B, 1, H, W) mask of the output pixels
+    whose source lies inside the image (1) rather than off its edge (0; filled per ``padding``)."""
+    theta = theta.to(device=images.device, dtype=torch.float32)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    # Inside means between the outermost pixel centres, where bilinear sampling reads no padding.
+    limit = grid.new_tensor([1 - 1 / images.shape[-1], 1 - 1 / images.shape[-2]])
+    inside = (grid.abs() <= limit).all(dim=-1, keepdim=True).permute(0, 3, 1, 2)
+    return moved, inside.to(moved.dtype)
+
+
+def temporal_loss(stylized: torch.Tensor, stylized_moved: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """How much stylizing a moved photo differs from moving the photo's stylization (both (B, 3, H, W), 0–1).
+
+    ``stylized_moved`` is the stylization of the photo moved by ``theta``
+    (``warp``); a network whose output follows the photo's motion scores 0. The
+    mean squared difference is taken over the pixels the motion keeps inside the
+    image, so the edge the motion uncovers does not count. Gradients flow into
+    both stylizations. This is the training side of video stability: the
+    network learns to stylize the same content the same way after a small
+    motion and some noise, which is what flickers from frame to frame.
+    """
+    moved, inside = warp(stylized, theta)
+    squared = (moved - stylized_moved.float()).pow(2) * inside
+    return squared.sum() / (inside.sum() * stylized.shape[1]).clamp(min=1)
+
+
 def parse_layer_weights(text: str | Mapping[str, float]) -> dict[str, float]:
     """``"relu1_1,relu2_1:0.5"`` → ``{"relu1_1": 1.0, "relu2_1": 0.5}`` (weight 1 when omitted)."""
     if isinstance(text, Mapping):
@@ -133,15 +182,40 @@ def downscale(image: torch.Tensor, scale: float) -> torch.Tensor:
         return F.interpolate(image.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
+VGG_WEIGHTS_ENV = "FASTNST_VGG_WEIGHTS"  # a local VGG weight file used when --vgg-weights is not given
+
+# Layers, weights and scales by loss network, for what a LossSpec leaves unset. The torchvision VGGs get
+# pytorch/examples' choice (weights for 0–1 ImageNet-normalised activations). The Caffe VGG19 gets the recipe
+# found in docs/recipe.md: its 0–255 activations make Grams thousands of times larger, so the weights are
+# small, and the style is also taken at ½ and ¼ scale for the painting's larger strokes.
+EXAMPLES_LOSS = {"content_layers": "relu2_2", "style_layers": "relu1_2,relu2_2,relu3_3,relu4_3",
+                 "content_weight": 1e5, "style_weight": 1e10, "style_scales": (1.0,)}
+CAFFE_VGG19_LOSS = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1,relu3_1",
+                    "content_weight": 1.0, "style_weight": 50.0, "style_scales": (1.0, 0.5, 0.25)}
+
+
+def vgg_weights_source(path: str | None) -> str | None:
+    """The local VGG weight file a run uses: ``path``, else ``$FASTNST_VGG_WEIGHTS``, else None (the download)."""
+    return str(path) if path else os.environ.get(VGG_WEIGHTS_ENV) or None
+
+
+def loss_defaults(vgg: str, flavour: str) -> dict:
+    """The layers, weights and scales a ``vgg`` network of ``flavour`` (caffe, torchvision) is used with by default."""
+    return dict(CAFFE_VGG19_LOSS if (vgg, flavour) == ("vgg19", "caffe") else EXAMPLES_LOSS)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """Which VGG layers feed which loss, and how the three losses are weighted.
 
-    Defaults follow pytorch/examples (VGG16 activations, weights for the
-    torchvision flavour). Layer weights multiply each layer's term inside its loss.
-    ``vgg``, ``vgg_weights`` and ``vgg_flavour`` say which loss network computes the
-    activations (see ``fastnst.pretrained.load_vgg``; ``None`` weights: the
-    environment variable or the official download).
+    ``vgg``, ``vgg_weights`` and ``vgg_flavour`` say which loss network computes
+    the activations (see ``fastnst.pretrained.load_vgg``; ``None`` weights: the
+    environment variable or the official download). ``auto`` flavour is resolved
+    here from the weight file's name (``fastnst.models.vgg.detect_flavour``), and
+    the layers, loss weights and style scales left as None take that network's
+    defaults (``loss_defaults``): pytorch/examples' for the torchvision VGGs, the
+    recipe of docs/recipe.md for the Caffe VGG19. Layer weights multiply each
+    layer's term inside its loss.
 
     The flavours see images at different scales (Caffe: 0–255 minus mean), so
     their activations, and the useful content/style weights, differ by orders of
@@ -151,15 +225,25 @@ class LossSpec:
     vgg: str = "vgg16"
     vgg_weights: str | None = None
     vgg_flavour: str = "auto"
-    content_layers: Mapping[str, float] = field(default_factory=lambda: {"relu2_2": 1.0})
-    style_layers: Mapping[str, float] = field(
-        default_factory=lambda: {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0})
-    content_weight: float = 1e5
-    style_weight: float = 1e10
+    content_layers: Mapping[str, float] | str | None = None
+    style_layers: Mapping[str, float] | str | None = None
+    content_weight: float | None = None
+    style_weight: float | None = None
     tv_weight: float = 0.0
-    style_scales: tuple[float, ...] = (1.0,)
+    style_scales: tuple[float, ...] | str | None = None
 
     def __post_init__(self) -> None:
+        from fastnst.models.vgg import FLAVOURS, detect_flavour
+
+        flavour = self.vgg_flavour
+        if flavour == "auto":
+            flavour = detect_flavour(vgg_weights_source(self.vgg_weights))
+        elif flavour not in FLAVOURS:
+            raise ConfigError(f"unknown VGG weight flavour {flavour!r}; choose one of auto, {', '.join(FLAVOURS)}")
+        object.__setattr__(self, "vgg_flavour", flavour)
+        for name, value in loss_defaults(self.vgg, flavour).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         object.__setattr__(self, "content_layers", parse_layer_weights(self.content_layers))
         object.__setattr__(self, "style_layers", parse_layer_weights(self.style_layers))
         object.__setattr__(self, "style_scales", parse_scales(self.style_scales))

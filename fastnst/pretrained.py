@@ -17,18 +17,17 @@ the official Caffe file names are Caffe weights, anything else torchvision's.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from fastnst.errors import ConfigError, WeightsError, first_line
-from fastnst.losses import LossSpec
-from fastnst.models.vgg import FLAVOURS, VGGFeatures
+from fastnst.losses import VGG_WEIGHTS_ENV, LossSpec, vgg_weights_source
+from fastnst.models.vgg import FLAVOURS, VGGFeatures, detect_flavour  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "FASTNST_VGG_WEIGHTS"
+ENV_VAR = VGG_WEIGHTS_ENV
 
 URLS: dict[tuple[str, str], str] = {
     ("vgg16", "torchvision"): "https://download.pytorch.org/models/vgg16-397923af.pth",
@@ -40,22 +39,6 @@ URLS: dict[tuple[str, str], str] = {
 FLAVOUR_CHOICES = ("auto", *FLAVOURS)
 
 
-def detect_flavour(path: str | Path | None) -> str:
-    """Flavour implied by a weight file's name (``auto`` rule above); downloads default to torchvision."""
-    if path is None:
-        return "torchvision"
-    name = Path(path).name.lower()
-    caffe_names = {Path(url).name for (_, flavour), url in URLS.items() if flavour == "caffe"}
-    return "caffe" if "caffe" in name or name in caffe_names else "torchvision"
-
-
-def weights_source(path: str | Path | None) -> str | None:
-    """The local file to use: the explicit path, else ``$FASTNST_VGG_WEIGHTS``, else None (download)."""
-    if path:
-        return str(path)
-    return os.environ.get(ENV_VAR) or None
-
-
 def load_vgg(arch: str, layers: list[str] | tuple[str, ...], weights: str | Path | None = None,
              flavour: str = "auto", device: torch.device | str = "cpu") -> VGGFeatures:
     """Build a frozen ``VGGFeatures`` up to the deepest of ``layers`` with pretrained weights.
@@ -65,7 +48,7 @@ def load_vgg(arch: str, layers: list[str] | tuple[str, ...], weights: str | Path
     """
     if flavour not in FLAVOUR_CHOICES:
         raise ConfigError(f"unknown VGG weight flavour {flavour!r}; choose one of {', '.join(FLAVOUR_CHOICES)}")
-    source = weights_source(weights)
+    source = vgg_weights_source(weights)
     if flavour == "auto":
         flavour = detect_flavour(source)
     net = VGGFeatures(arch, layers, flavour)

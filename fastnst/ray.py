@@ -46,6 +46,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,10 +55,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fastnst.device import cpu_count
 from fastnst.errors import ConfigError, FastNSTError, first_line
 from fastnst.stylize.config import DEFAULT_GPU_BATCH, StylizeConfig
 from fastnst.stylize.inputs import Job, prepare_output_dir, remove_temporaries
-from fastnst.stylize.photo import Record, decode, encode, failure_reason, stylize_job
+from fastnst.stylize.photo import Record, decode, encode, failure_reason, is_complete, stylize_job
 from fastnst.stylize.pipeline import StylizeReport, open_report, plan, tally
 
 log = logging.getLogger(__name__)
@@ -101,7 +104,7 @@ def plan_layout(nodes: list[tuple[float, float]], config: StylizeConfig, actors:
     if not cpus:
         raise FastNSTError("the Ray cluster has no node with a CPU to run on; add a worker node (ray start)")
     if _on_gpus(config, gpus):
-        count = actors or int(gpus)
+        count = actors or max(1, int(gpus))
         batch = config.batch_size or DEFAULT_GPU_BATCH
         return Layout(count, min(config.workers, min(cpus)), min(1.0, gpus / count), ROWS_PER_SLOT * batch)
     if actors is None:
@@ -153,7 +156,8 @@ class PhotoWorker:
         streams = config.streams or max(1, min(backend.default_streams, cpus))
         self.streams = streams if backend.concurrent and self.batch == 1 else 1
         backend.set_streams(self.streams)
-        self.pool = ThreadPoolExecutor(max(self.streams, config.workers), "fastnst-ray")
+        # Streams: each thread runs whole photos. Batches: the threads decode and encode around the passes.
+        self.pool = ThreadPoolExecutor(self.streams if self.batch == 1 else config.workers, "fastnst-ray")
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -185,7 +189,7 @@ class PhotoWorker:
 
     def _decode(self, job: Job):
         """The job's (H, W, 3) uint8 pixels, or its record when it is skipped or unreadable."""
-        if not self.config.overwrite and job.target.exists():
+        if not self.config.overwrite and is_complete(job.target):
             return Record(str(job.source), str(job.target), "skipped")
         try:
             return decode(job, self.config)
@@ -224,8 +228,10 @@ def stylize_dataset(dataset, config: StylizeConfig, *, actors: int | None = None
     """Stylize a Ray dataset of photos (columns ``source``, ``target``); a lazy dataset of ``status``, ``record``.
 
     Every ``target`` must lie inside ``config.output_dir`` (another is a failed row);
-    ``config.inputs`` is not read. Nothing runs until the result is consumed
-    (``iter_rows``, ``write_json``, ``materialize``). Ray must be initialised.
+    ``config.inputs`` is not read. The input's rows (paths only) are computed here,
+    before any actor takes the CPUs its stages need; the photos are stylized when
+    the result is consumed (``iter_rows``, ``write_json``, ``materialize``). Ray must
+    be initialised.
     """
     ray = _ray()
     names = dataset.columns() or []
@@ -235,14 +241,19 @@ def stylize_dataset(dataset, config: StylizeConfig, *, actors: int | None = None
                           "give each row a source photo path and a target output path")
     layout = layout or cluster_layout(config, actors)
     output_dir = prepare_output_dir(config.output_dir)
+    if set(names) != {"source", "target"}:
+        dataset = dataset.select_columns(["source", "target"])
+    if not isinstance(dataset, ray.data.dataset.MaterializedDataset):
+        # Upstream stages run now, while no actor holds the CPUs their tasks need (else a deadlock).
+        dataset = dataset.materialize()
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=layout.actors, initial_size=layout.actors)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options through map_batches' **kwargs without a replacement yet.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
-        return dataset.select_columns(["source", "target"]).map_batches(
+        return dataset.map_batches(
             PhotoWorker, batch_size=layout.rows, batch_format="pyarrow", compute=pool,
             fn_constructor_kwargs={"config": config, "output_dir": str(output_dir), "cpus": layout.cpus},
-            num_cpus=layout.cpus, num_gpus=layout.gpus or None, udf_modifying_row_count=False,
+            num_cpus=layout.cpus, num_gpus=layout.gpus or None,
             max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
 
 
@@ -263,12 +274,13 @@ def stylize_with_ray(config: StylizeConfig, address: str | None = None, *, actor
     of photos killed its worker ``TASK_RETRIES`` + 1 times (finished outputs are kept).
     """
     ray = _ray()
-    job = plan(config)
-    report = StylizeReport(report_path=job.report_path)
-    with open_report(job.report_path) as lines:
+    with plan(config) as job, open_report(job.report_path) as lines:
+        report = StylizeReport(report_path=job.report_path)
         for source, reason in job.failures:
             _count(report, lines, Record(source, None, "failed", reason))
         if job.jobs:
+            _check_model(config.model)
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             started = _connect(ray, address)
             try:
                 for record in _run(stylize_dataset(jobs_dataset(job.jobs), config, actors=actors)):
@@ -276,16 +288,28 @@ def stylize_with_ray(config: StylizeConfig, address: str | None = None, *, actor
             finally:
                 if started:
                     ray.shutdown()
-    removed = remove_temporaries(job.output_dir, job.shard)
-    if removed:
-        log.info("removed %d half-written file(s) left by a worker that was killed", removed)
+                    _restore(handlers)
+        removed = remove_temporaries(job.output_dir, job.shard)  # the output folder is still locked: ours alone
+        if removed:
+            log.info("removed %d half-written file(s) left by a worker that was killed", removed)
     return report
 
 
 def _count(report: StylizeReport, lines, record: Record) -> None:
     tally(report, record)
     if lines is not None:
-        lines.write(record.to_json() + "\n")
+        lines.write(record)
+
+
+def _check_model(model: str) -> None:
+    """Read the model file's header here, so that a missing or broken model is one line before any cluster starts
+    (the actors load it whole; what fails only there comes back as their one line too)."""
+    from fastnst.checkpoint import check_model_path, read_info
+
+    if Path(model).suffix.lower() == ".safetensors":
+        read_info(model)
+    else:
+        check_model_path(Path(model))
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -293,14 +317,22 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        if address is None:
-            ray.init(address="local", include_dashboard=False)
+        if address is None:  # the CPUs this process may use (taskset, cgroups), as the local pipeline counts them
+            ray.init(address="local", num_cpus=cpu_count(), include_dashboard=False)
         else:
             ray.init(address=address)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise FastNSTError(f"cannot connect to the Ray cluster at {address or 'a new local cluster'} "
                            f"({first_line(exc)}); start one with `ray start --head` or check --ray's address") from None
     return True
+
+
+def _restore(handlers: dict) -> None:
+    """Put back the signal handlers ``ray.init`` replaced, so the caller's Ctrl-C and SIGTERM work as before."""
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _run(dataset):

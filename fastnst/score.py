@@ -143,6 +143,27 @@ def score_tensor(vgg: torch.nn.Module, image: torch.Tensor, content: torch.Tenso
     return row
 
 
+def style_ratios(vgg: torch.nn.Module, stylized: torch.Tensor, photo: torch.Tensor, style: torch.Tensor,
+                 spec: LossSpec) -> dict[float, float]:
+    """How near the painting a stylization is, at each of ``spec.style_scales``: its style loss over the photo's.
+
+    ``stylized`` and ``photo`` are (1, 3, H, W) in 0–1, ``style`` (1, 3, h, w),
+    used as given (resize it first). 0 is the painting's texture exactly, 1 no
+    nearer than the photo itself; the bundled styles' bar is 0.10 at 1, ½ and ¼
+    (docs/recipe.md). Layer weights count; loss weights do not (they cancel).
+    """
+    ratios = {}
+    with torch.no_grad():
+        for scale in spec.style_scales:
+            one = replace(spec, style_scales=(scale,), content_weight=0.0, style_weight=1.0, tv_weight=0.0)
+            grams = style_targets(vgg, [style], one)
+            content = content_targets(vgg, photo, one)
+            ours = perceptual_losses(vgg, stylized, content, grams, one)["style"]
+            reference = perceptual_losses(vgg, photo, content, grams, one)["style"]
+            ratios[scale] = float(ours / reference)
+    return ratios
+
+
 def score_images(config: ScoreConfig) -> ScoreReport:
     """Score every image of ``config``; unreadable or too-small images are reported and skipped.
 

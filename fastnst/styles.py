@@ -80,20 +80,20 @@ def resolve_style(names: Sequence[str], style: int | str | None = None,
         return None
     n = len(names)
     if style is not None:
-        return np.eye(n, dtype=np.float32)[_index(names, style, "--style")]
+        return np.eye(n, dtype=np.float32)[style_index(names, style, "--style")]
     items = parse_style_mix(mix) if isinstance(mix, str) else dict(mix)
     weights = np.zeros(n, dtype=np.float64)
     for key, value in items.items():
         value = float(value)
         if not value >= 0 or value == float("inf"):
             raise ConfigError(f"--style-mix: weight {value} for {key!r}; weights must be finite and >= 0")
-        weights[_index(names, key, "--style-mix")] += value
+        weights[style_index(names, key, "--style-mix")] += value
     if weights.sum() <= 0:
         raise ConfigError("--style-mix: the weights sum to 0; give at least one positive weight")
     return (weights / weights.sum()).astype(np.float32)
 
 
-def _index(names: Sequence[str], key: int | str, option: str) -> int:
+def style_index(names: Sequence[str], key: int | str, option: str) -> int:
     if isinstance(key, str) and key in names:
         return list(names).index(key)
     if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):

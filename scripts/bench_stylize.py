@@ -61,7 +61,7 @@ from PIL import Image
 
 from fastnst.backends.torch import TorchBackend
 from fastnst.checkpoint import load_model, save_model
-from fastnst.images import open_image, to_tensor, to_uint8
+from fastnst.images import open_image, psnr, to_tensor, to_uint8
 from fastnst.models.transformer import macs_per_pixel
 from fastnst.stylize import StylizeConfig, Stylizer, stylize_files
 from fastnst.stylize.tiling import plan, tile_context
@@ -69,11 +69,6 @@ from fastnst.stylize.tiling import plan, tile_context
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MODEL = SHARED / "models" / "rain_princess.pth"
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 3) -> float:

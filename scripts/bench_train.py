@@ -11,6 +11,11 @@ relu2_2, weights 1e5 / 1e10), Adam 1e-3, CPU.
   Gram matrices and MSEs written out plainly, ``torch.optim.Adam`` defaults.
 * ``fastnst-*``: ``fastnst.train.fit`` itself (data loading from files included,
   ``--workers 0``) with the options in the name.
+* ``recipe-bf16`` / ``recipe-fp32``: what the bundled styles train with (docs/recipe.md):
+  a new style's norm rows on a trained trunk (``--init``; a random one here), the Caffe
+  VGG19 to relu3_1 (random weights) with its default loss (style at scales 1, ½, ¼),
+  random 256² crops of photos scaled to 384 px, style image at 384 px, batch 4.
+  Target: ``recipe-bf16`` >= 3x ``baseline`` (issue 18).
 
 Every run is a fresh subprocess (so its peak RSS is its own); the variants are
 interleaved A B C A B C ... and the medians reported, because other processes
@@ -45,6 +50,8 @@ VARIANTS = {
     "fastnst-fp32": {"amp": "none"},
     "fastnst-bf16": {"amp": "bf16"},
     "fastnst-bf16-cl": {"amp": "bf16", "channels_last": True},
+    "recipe-bf16": {"amp": "bf16"},
+    "recipe-fp32": {"amp": "none"},
 }
 
 
@@ -58,6 +65,13 @@ def prepare(folder: Path) -> None:
         fan_in = value[0].numel() if value.dim() > 1 else 1
         state[key] = torch.randn_like(value) * (2 / fan_in) ** 0.5 if value.dim() > 1 else torch.zeros_like(value)
     torch.save(state, folder / "vgg16-random.pth")
+    caffe = {k: torch.randn_like(v) * (2 / v[0].numel()) ** 0.5 * 255 ** -0.5 if v.dim() > 1 else torch.zeros_like(v)
+             for k, v in VGGFeatures("vgg19", ["relu3_1"]).state_dict().items()}
+    torch.save(caffe, folder / "vgg19-random-caffe.pth")  # "caffe" in the name: that flavour and its recipe
+    from fastnst.checkpoint import save_model
+    from fastnst.models.transformer import TransformerNet
+
+    save_model(folder / "trunk.safetensors", TransformerNet(), styles=["trunk"])
     rng = np.random.default_rng(0)
     (folder / "photos").mkdir()
     for i in range(17):
@@ -118,16 +132,23 @@ def run_baseline(folder: Path, steps: int) -> tuple[list[float], list[float]]:
     return times, losses
 
 
-def run_fastnst(folder: Path, steps: int, options: dict) -> tuple[list[float], list[float]]:
+def run_fastnst(folder: Path, steps: int, variant: str) -> tuple[list[float], list[float]]:
     from fastnst.losses import LossSpec
     from fastnst.train import TrainConfig, fit
 
-    loss = LossSpec(vgg="vgg16", vgg_weights=str(folder / "vgg16-random.pth"), style_layers=",".join(STYLE_LAYERS),
-                    content_layers="relu2_2", content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT)
+    options = dict(VARIANTS[variant])
+    if variant.startswith("recipe"):
+        loss = LossSpec(vgg="vgg19", vgg_weights=str(folder / "vgg19-random-caffe.pth"))
+        options.update(init=str(folder / "trunk.safetensors"), image_size=384, crop_size=256, style_size=384,
+                       lr=5e-3, lr_decay="linear")
+    else:
+        loss = LossSpec(vgg="vgg16", vgg_weights=str(folder / "vgg16-random.pth"),
+                        style_layers=",".join(STYLE_LAYERS), content_layers="relu2_2",
+                        content_weight=CONTENT_WEIGHT, style_weight=STYLE_WEIGHT)
+        options.update(image_size=SIZE)
     config = TrainConfig(style=(str(folder / "style.png"),), data=str(folder / "photos"),
-                         output=str(folder / f"out-{os.getpid()}.safetensors"), loss=loss, image_size=SIZE,
-                         batch_size=BATCH, steps=steps, seed=SEED, workers=0, checkpoint_every=0, sample_every=0,
-                         **options)
+                         output=str(folder / f"out-{os.getpid()}.safetensors"), loss=loss, batch_size=BATCH,
+                         steps=steps, seed=SEED, workers=0, checkpoint_every=0, sample_every=0, **options)
     times, losses = [], []
 
     def record(step, metrics):
@@ -143,7 +164,7 @@ def worker(variant: str, folder: Path, steps: int, warmup: int) -> None:
     if variant == "baseline":
         times, losses = run_baseline(folder, steps + warmup)
     else:
-        times, losses = run_fastnst(folder, steps + warmup, VARIANTS[variant])
+        times, losses = run_fastnst(folder, steps + warmup, variant)
     timed = np.diff(times[warmup - 1:]) if warmup else np.diff([start, *times])
     print(json.dumps({"images_per_s": BATCH * len(timed) / float(np.sum(timed)), "losses": losses,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -154,7 +175,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", default="baseline,fastnst-fp32,fastnst-bf16",
+    parser.add_argument("--variants", default="baseline,fastnst-fp32,fastnst-bf16,recipe-bf16,recipe-fp32",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -167,9 +188,14 @@ def main() -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}")
+    from fastnst.device import cpuinfo
+
+    print(f"CPU: {cpuinfo('model name') or 'unknown'}; flags: "
+          f"{', '.join(f for f in ('avx512_bf16', 'amx_bf16') if f in (cpuinfo('flags') or '').split()) or 'no bf16'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}; batch {BATCH}, {SIZE}x{SIZE}, johnson net, VGG16 to relu4_3 "
-          f"(random); {args.rounds} rounds x {args.steps} timed steps after {args.warmup} warm-up")
+          f"(random) for the baseline and fastnst-*; the recipe as its docstring says; {args.rounds} rounds x "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

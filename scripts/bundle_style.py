@@ -9,7 +9,7 @@ demo's contact sheet and the gallery show (added here when the trained file
 has none). The card ``checkpoints/<name>.md`` is written from what the model
 file records: the painting (``PAINTINGS``), the training data, the exact command,
 steps, time, hardware and final losses. ``--quality`` adds the quality-bar
-figures that ``scripts/eval_bundled.py`` wrote.
+figures that ``scripts/eval_styles.py`` wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from fastnst.checkpoint import load_model, save_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
+from fastnst.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,35 +36,27 @@ PAINTINGS = {
 }
 
 
+# The trunk the bundled styles share: pytorch/examples' rain_princess network, converted.
+TRUNK_CREDIT = ("the rain_princess network of pytorch/examples' fast_neural_style (BSD-3-Clause, Copyright (c) 2017 "
+                "Pytorch contributors; the licence is in checkpoints/NOTICE.md), converted by `fastnst convert`")
+
+
 def _show(path: str) -> str:
-    """``path`` as seen from the repository root when it is in the data folder beside it (``../shared/...``)."""
-    try:
-        return str(Path("..") / "shared" / Path(path).resolve().relative_to((REPO.parent / "shared").resolve()))
-    except ValueError:
-        return path
-
-
-def _layers(layers: dict[str, float]) -> str:
-    return ",".join(f"{name}:{w:g}" if w != 1 else name for name, w in layers.items())
+    """``path`` as seen from the repository root when it is in the data folder beside it (``../shared/...``) or in
+    the repository, else as recorded: the card's command runs as written from the repository root."""
+    for root, shown in ((REPO.parent / "shared", Path("..") / "shared"), (REPO, Path("."))):
+        try:
+            return str(shown / Path(path).resolve().relative_to(root.resolve()))
+        except ValueError:
+            continue
+    return path
 
 
 def command_line(config: dict, name: str) -> str:
     """The ``fastnst train`` command that reproduces the run, writing ``<name>.safetensors``."""
-    loss = config["loss"]
-    parts = ["fastnst train --style", *map(_show, config["style"]), "--data", _show(config["data"]),
-             "-o", f"{name}.safetensors",
-             "--image-size", str(config["image_size"]), "--batch-size", str(config["batch_size"]),
-             "--steps", str(config["steps_done"]), "--lr", f"{config['lr']:g}", "--seed", str(config["seed"]),
-             "--holdout", str(config["holdout"]), "--vgg", loss["vgg"], "--vgg-weights", _show(loss["vgg_weights"]),
-             "--vgg-flavour", loss["vgg_flavour"], "--style-layers", _layers(loss["style_layers"]),
-             "--content-layers", _layers(loss["content_layers"]), "--content-weight", f"{loss['content_weight']:g}",
-             "--style-weight", f"{loss['style_weight']:g}", "--tv-weight", f"{loss['tv_weight']:g}"]
-    for option, key, default in (("--spec", "spec", "johnson"), ("--lr-decay", "lr_decay", "none"),
-                                 ("--amp", "amp", "none"), ("--style-size", "style_size", None),
-                                 ("--crop-size", "crop_size", None)):
-        if config.get(key, default) != default:
-            parts += [option, str(config[key])]
-    return " ".join(parts)
+    train = TrainConfig.from_record({**config, "output": f"{name}.safetensors"})
+    steps = ["--steps", str(config["steps_done"])] if train.steps is None else []
+    return " ".join(["fastnst train", *train.command(show=_show), *steps])
 
 
 def _cropping(config: dict) -> str:
@@ -101,13 +94,16 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         f"(flavour {config['loss']['vgg_flavour']}); style "
         f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "
         f"weights content {config['loss']['content_weight']:g}, style {config['loss']['style_weight']:g}, "
-        f"TV {config['loss']['tv_weight']:g}.",
+        f"TV {config['loss']['tv_weight']:g}; style loss averaged over scales "
+        f"{', '.join(f'{s:g}' for s in config['loss'].get('style_scales', [1]))}.",
         f"- Optimiser: Adam, lr {config['lr']:g} ({schedule}), seed {config['seed']}, "
         f"autocast {config['amp']}.",
         f"- Steps: {config['steps_done']:,} ({config['steps_done'] * config['batch_size']:,} images).",
         f"- Time: {hours} on {config.get('hardware') or 'the CPU machine (2 cores) of the project'}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
+        *([f"- Shared weights (everything but this style's norm rows, which alone trained): "
+           f"`{Path(config['init']).name}`, {TRUNK_CREDIT}."] if config.get("init") else []),
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
@@ -115,27 +111,35 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         "```",
     ]
     if quality:
+        lines += ["", "## Quality bar", "", *quality_lines(quality)]
+    return "\n".join(lines) + "\n"
+
+
+def quality_lines(quality: dict) -> list[str]:
+    """The card's quality section from ``scripts/eval_styles.py``'s figures for the model."""
+    ratios = quality["ratios"]
+    lines = [f"Style ratio (style loss of the stylized photo / of the photo itself, against the painting; median "
+             f"over the 8 classic content photos at {quality['ratio_size']} px; bar <= 0.10 at every scale): "
+             f"**{ratios['1']:.3f}** at scale 1, **{ratios['0.5']:.3f}** at ½, **{ratios['0.25']:.3f}** at ¼."]
+    if "photos" in quality:
         lines += [
             "",
-            "## Quality bar",
-            "",
-            f"On {quality['photos']} held-out photos at {quality['size']} px, the same loss network and weights "
-            "(`scripts/eval_bundled.py`; median per photo):",
+            f"Against optimization on {quality['photos']} held-out photos at {quality['size']} px, the training's "
+            "loss (`scripts/eval_styles.py`; median per photo):",
             "",
             "| | style loss | content loss | seconds per photo |",
             "|---|---|---|---|",
             f"| this model | {quality['model_style']:.4g} | {quality['model_content']:.4g} | "
             f"{quality['model_seconds']:.3f} |",
-            f"| `fastnst optimize`, {quality['iterations']} L-BFGS iterations | {quality['lbfgs_style']:.4g} | "
+            f"| `fastnst optimize`, {quality['iterations']} L-BFGS evaluations | {quality['lbfgs_style']:.4g} | "
             f"{quality['lbfgs_content']:.4g} | {quality['lbfgs_seconds']:.1f} |",
             "",
-            f"Style loss ratio model / L-BFGS {quality['model_style'] / quality['lbfgs_style']:.2f} (target <= 1; "
-            f"the model is lower on {quality['model_wins']} of {quality['photos']} photos); time ratio "
-            f"{quality['model_seconds'] / quality['lbfgs_seconds']:.5f} (target < 0.01). Model: one torch fp32 "
-            "forward pass, timed after a warm-up; L-BFGS: `fastnst optimize --iterations 100` (100 loss "
-            "evaluations) from the photo.",
+            f"Style loss model / L-BFGS {quality['model_style'] / quality['lbfgs_style']:.2f} (bar <= 1; the model "
+            f"is lower on {quality['model_wins']} of {quality['photos']} photos); time ratio "
+            f"{quality['model_seconds'] / quality['lbfgs_seconds']:.5f} (bar < 0.01). Model: one torch fp32 "
+            "forward pass, timed after a warm-up.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="a model file written by fastnst train")
     parser.add_argument("--name", help="bundled name (default: the style image's file stem)")
     parser.add_argument("--out", type=Path, default=REPO / "checkpoints", help="folder (default checkpoints/)")
-    parser.add_argument("--quality", type=Path, help="JSON written by scripts/eval_bundled.py")
+    parser.add_argument("--quality", type=Path, help="quality.json written by scripts/eval_styles.py")
     parser.add_argument("--remark", help="a line for the card's training section (e.g. what else ran beside it)")
     args = parser.parse_args(argv)
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from fastnst.checkpoint import read_info
 from fastnst.cli import main
-from fastnst.images import decode_thumbnail, load_image, save_image
+from fastnst.images import decode_thumbnail, load_image, psnr, save_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -127,9 +127,9 @@ def rain_princess_check() -> None:
         return
     result = np.asarray(Image.open(folder / photo.name).convert("RGB"), np.float64)
     reference = np.asarray(Image.open(SHARED / "reference" / "amber-rain-princess.jpg").convert("RGB"), np.float64)
-    psnr = 10 * np.log10(255.0**2 / np.mean((result - reference) ** 2))
+    quality = psnr(result, reference)
     print(f"rain_princess (pytorch/examples, converted) on {photo.name}: PSNR against that project's own "
-          f"output {psnr:.2f} dB")
+          f"output {quality:.2f} dB")
 
 
 def run(models: Path = REPO / "checkpoints", out: Path = OUT) -> int:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from fastnst.checkpoint import load_model
-from fastnst.images import load_image, save_image
-from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams
+from fastnst.images import load_style_image, save_image
+from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_targets
 from fastnst.pretrained import load_loss_network
 from fastnst.train import TrainConfig, fit
 from fastnst.train.data import load_photo
@@ -56,7 +56,7 @@ def _train(args: argparse.Namespace, styles: list[str], steps: int, output: Path
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", nargs="+", required=True, help="style images, in the multi-style model's order")
     parser.add_argument("--multi", help="a trained multi-style model (default: train one)")
@@ -75,76 +75,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--holdout", type=int, default=8, help="photos held out of training and judged (default 8)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def judge(multi, singles, config: dict, styles: list[str]) -> tuple[dict[str, list[list[float]]], list[torch.Tensor]]:
+    """Style losses of the held-out photos: by the multi-style model per style, by each single-style model, of the
+    photo itself, and of a 50/50 mix of the first two styles against each; and the contact sheet's rows."""
+    n, spec = len(styles), LossSpec(**config["loss"])
+    vgg = load_loss_network(spec)
+    grams = [style_targets(vgg, [load_style_image(s, config.get("style_size"))], spec) for s in styles]
+    mix = torch.zeros(n)
+    mix[:2] = 0.5
+    losses: dict[str, list[list[float]]] = {key: [[] for _ in range(n)] for key in ("multi", "single", "photo", "mix")}
+    rows = []
+    with torch.no_grad():
+        for path in config["held_out"]:
+            photo = load_photo(path, config["image_size"])[None]
+            targets = content_targets(vgg, photo, spec)
+            by_multi = [multi(photo, style=F.one_hot(torch.tensor(i), n).float()).clamp(0, 1) for i in range(n)]
+            by_single = [net(photo).clamp(0, 1) for net in singles]
+            blended = multi(photo, style=mix).clamp(0, 1)
+            for i in range(n):
+                for key, image in (("multi", by_multi[i]), ("single", by_single[i]), ("photo", photo),
+                                   ("mix", blended)):
+                    if key != "mix" or i < 2:
+                        losses[key][i].append(perceptual_losses(vgg, image, targets, grams[i], spec)["style"].item())
+            rows.append(torch.cat([photo[0], *(b[0] for b in by_multi), blended[0], *(b[0] for b in by_single)], 2))
+    return losses, rows
+
+
+def report(losses: dict, styles: list[str], config: dict, multi_path: Path) -> None:
+    print(f"\nper-style style loss on {len(config['held_out'])} held-out photos at {config['image_size']} px "
+          f"(median; multi-style model {multi_path.name}, {config.get('steps_done')} steps; lower is more of the "
+          "style)")
+    print(f"  {'style':24} {'photo':>10} {'multi':>10} {'single':>10} {'multi/single':>13}")
+    ratios = []
+    for i, style in enumerate(styles):
+        m, s, p = (statistics.median(losses[key][i]) for key in ("multi", "single", "photo"))
+        ratios.append(m / s)
+        print(f"  {Path(style).stem:24} {p:10.4g} {m:10.4g} {s:10.4g} {m / s:12.3f}x  "
+              f"{'ok' if m / s <= TARGET else 'over'} (target <= {TARGET})")
+    print(f"  worst ratio {max(ratios):.3f}, mean {statistics.mean(ratios):.3f}")
+    if len(styles) >= 2:
+        names = [Path(s).stem for s in styles[:2]]
+        for i in range(2):
+            print(f"  50/50 mix of {names[0]} and {names[1]}: style loss against {names[i]} "
+                  f"{statistics.median(losses['mix'][i]):.4g} (pure {names[i]} "
+                  f"{statistics.median(losses['multi'][i]):.4g}, photo {statistics.median(losses['photo'][i]):.4g})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.single and len(args.single) != len(args.styles):
         print(f"--single: give one model per style ({len(args.styles)})", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     n, k = len(args.styles), args.steps_per_style
-
     multi_path = Path(args.multi) if args.multi else _train(args, args.styles, n * k, args.out / "multi.safetensors")
     single_paths = [Path(p) for p in args.single] if args.single else [
         _train(args, [style], k, args.out / f"single{i}-{Path(style).stem}.safetensors")
         for i, style in enumerate(args.styles)]
-
     multi, info = load_model(multi_path)
     if multi.spec.num_styles != n:
         print(f"{multi_path}: carries {multi.spec.num_styles} styles, --styles gives {n}", file=sys.stderr)
         return 2
-    singles = [load_model(p)[0] for p in single_paths]
-    config = info.config
-    spec = LossSpec(**config["loss"]) if config.get("loss") else None
-    photos = config.get("held_out") or []
-    if spec is None or not photos:
+    if not info.config.get("loss") or not info.config.get("held_out"):
         print(f"{multi_path}: no training config or no held-out photos in the file", file=sys.stderr)
         return 1
-    size = config["image_size"]
-    vgg = load_loss_network(spec)
-    grams = [style_grams(vgg, load_image(s, max_size=config.get("style_size"))[None], spec) for s in args.styles]
-    mix = torch.zeros(n)
-    mix[:2] = 0.5
-
-    multi_losses = [[] for _ in range(n)]
-    single_losses = [[] for _ in range(n)]
-    photo_losses = [[] for _ in range(n)]
-    mix_losses = [[] for _ in range(2)]
-    rows = []
-    with torch.no_grad():
-        for path in photos:
-            photo = load_photo(path, size)[None]
-            targets = content_targets(vgg, photo, spec)
-
-            def style_loss(image: torch.Tensor, i: int, targets=targets) -> float:
-                return perceptual_losses(vgg, image, targets, grams[i], spec)["style"].item()
-
-            by_multi = [multi(photo, style=F.one_hot(torch.tensor(i), n).float()).clamp(0, 1) for i in range(n)]
-            by_single = [net(photo).clamp(0, 1) for net in singles]
-            blended = multi(photo, style=mix).clamp(0, 1)
-            for i in range(n):
-                multi_losses[i].append(style_loss(by_multi[i], i))
-                single_losses[i].append(style_loss(by_single[i], i))
-                photo_losses[i].append(style_loss(photo, i))
-            for i in range(2):
-                mix_losses[i].append(style_loss(blended, i))
-            rows.append(torch.cat([photo[0], *(b[0] for b in by_multi), blended[0], *(b[0] for b in by_single)], 2))
-
-    print(f"\nper-style style loss on {len(photos)} held-out photos at {size} px (median; multi-style model "
-          f"{multi_path.name}, {config.get('steps_done')} steps; lower is more of the style)")
-    print(f"  {'style':24} {'photo':>10} {'multi':>10} {'single':>10} {'multi/single':>13}")
-    ratios = []
-    for i, style in enumerate(args.styles):
-        m, s, p = (statistics.median(v[i]) for v in (multi_losses, single_losses, photo_losses))
-        ratios.append(m / s)
-        print(f"  {Path(style).stem:24} {p:10.4g} {m:10.4g} {s:10.4g} {m / s:12.3f}x  "
-              f"{'ok' if m / s <= TARGET else 'over'} (target <= {TARGET})")
-    print(f"  worst ratio {max(ratios):.3f}, mean {statistics.mean(ratios):.3f}")
-    if n >= 2:
-        names = [Path(s).stem for s in args.styles[:2]]
-        for i in range(2):
-            pure = statistics.median(multi_losses[i])
-            print(f"  50/50 mix of {names[0]} and {names[1]}: style loss against {names[i]} "
-                  f"{statistics.median(mix_losses[i]):.4g} (pure {names[i]} {pure:.4g}, photo "
-                  f"{statistics.median(photo_losses[i]):.4g})")
+    losses, rows = judge(multi, [load_model(p)[0] for p in single_paths], info.config, args.styles)
+    report(losses, args.styles, info.config, multi_path)
     sheet = args.out / "contact.png"
     save_image(torch.cat(rows, dim=1), sheet)
     print(f"wrote {sheet}: photo | {' | '.join(Path(s).stem for s in args.styles)} (multi) | mix | "

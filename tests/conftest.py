@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from fastnst.checkpoint import save_model
+from fastnst.images import psnr  # noqa: F401 - the tests' image comparison
 from fastnst.models.transformer import SPECS, TransformerNet
 from fastnst.models.vgg import VGGFeatures
 
@@ -18,6 +19,20 @@ SHARED = REPO.parent / "shared" / "data"
 
 requires_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent (it sits beside the checkout in dev and CI)")
+
+
+def pytest_configure(config):
+    """Ctrl-C works in the commands the tests start, however the suite itself was started.
+
+    A shell starts background jobs (``pytest ... &``, nohup) with SIGINT ignored,
+    and an ignored signal stays ignored in every child process: the tests that
+    interrupt a child would then see it run on. A Python handler is not
+    inherited, so with one here the children start with the default disposition.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -96,6 +111,25 @@ def model_file(tmp_path, light_net) -> Path:
     return save_model(tmp_path / "light.safetensors", light_net, styles=["test-style"], config={"steps": 3})
 
 
+@pytest.fixture
+def duo_file(tmp_path) -> Path:
+    """A random two-style network ("warm", "cool") whose styles clearly differ (random norm rows), with a
+    thumbnail per style."""
+    from fastnst.images import encode_thumbnail
+
+    torch.manual_seed(1)
+    net = TransformerNet(SPECS["light"].with_styles(2)).eval()
+    with torch.no_grad():
+        for _, norm in net.norm_layers():
+            norm.weight.copy_(1 + 0.5 * torch.randn_like(norm.weight))
+            norm.bias.copy_(0.5 * torch.randn_like(norm.bias))
+    thumbnails = []
+    for seed in (1, 2):
+        gradient_image(48, 32, seed).save(tmp_path / f"style{seed}.png")
+        thumbnails.append(encode_thumbnail(tmp_path / f"style{seed}.png"))
+    return save_model(tmp_path / "duo.safetensors", net, styles=["warm", "cool"], thumbnails=tuple(thumbnails))
+
+
 def random_vgg_state(arch: str, upto: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random ``features.*`` weights of ``arch`` up to layer ``upto``, scaled to keep activations sane."""
     torch.manual_seed(seed)
@@ -126,8 +160,3 @@ def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
     base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), (x + y) / max(width + height - 2, 1)], -1)
     pixels = np.clip(base * 200 + rng.integers(0, 55, size=base.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))

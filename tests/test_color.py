@@ -26,10 +26,19 @@ def test_preserve_color_keeps_content_chroma_and_stylized_luma():
 
 
 def test_luminance_and_batches():
+    torch.manual_seed(1)
     batch = torch.rand(2, 3, 4, 4)
-    assert luminance(batch).shape == (2, 1, 4, 4)
-    assert preserve_color(batch, batch.flip(0)).shape == batch.shape
-    assert 0 <= preserve_color(torch.ones(3, 2, 2), torch.zeros(3, 2, 2)).min()
+    expected = np.stack([_to_ycbcr(image)[0][None] for image in batch.numpy()])  # (2, 1, 4, 4)
+    np.testing.assert_allclose(luminance(batch).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(luminance(batch.numpy()), expected, atol=1e-6)  # numpy arrays as well
+    styled = batch.flip(0)
+    together = preserve_color(batch, styled)
+    for i in range(2):  # a batch is each image on its own
+        torch.testing.assert_close(together[i], preserve_color(batch[i], styled[i]))
+    # Out of range: white chroma with black luma would go negative; the result is clamped to 0-1.
+    clamped = preserve_color(torch.ones(3, 2, 2), torch.zeros(3, 2, 2))
+    assert clamped.min() >= 0 and clamped.max() <= 1
+    assert torch.equal(clamped, torch.zeros(3, 2, 2))
 
 
 def test_blend_strength():

@@ -94,6 +94,19 @@ def test_strength_and_preserve_color_against_plain_arithmetic(light_net):
         Stylizer(light_net, strength=1.5)
 
 
+def test_with_options_gives_a_view_with_its_own_options_and_the_same_network(light_net):
+    x = torch.rand(1, 3, 16, 20) * 0.6 + 0.2
+    with torch.no_grad():
+        styled = light_net(x)
+    base = Stylizer(light_net)
+    view = base.with_options(strength=0.25)
+    torch.testing.assert_close(view(x), (0.75 * x + 0.25 * styled).clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(base(x), styled.clamp(0, 1), atol=1e-5, rtol=0)  # the base kept strength 1
+    assert view.backend is not base.backend and view.backend.net is base.backend.net
+    with pytest.raises(ConfigError, match="strength"):
+        base.with_options(strength=2.0)
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_autocast_is_close_to_fp32(light_net, dtype):
     x = torch.rand(1, 3, 32, 40)
@@ -396,3 +409,51 @@ def test_each_backend_translates_exactly_its_registered_dtypes():
     assert tuple(DTYPES) == BACKENDS["torch"].dtypes == TorchBackend.dtypes
     openvino = pytest.importorskip("fastnst.backends.openvino", reason="openvino is not installed")
     assert tuple(openvino.PRECISIONS) == BACKENDS["openvino"].dtypes == openvino.OpenVinoBackend.dtypes
+
+
+def _pil_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) float → (3, h, w): each channel through Pillow's bilinear filter, as mode "F"."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, np.float32), mode="F").resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR)) for c in image])
+
+
+def test_stroke_scale_stylizes_smaller_and_adds_the_full_resolution_detail_back(light_net):
+    photo = np.asarray(gradient_image(53, 37, seed=5), np.float32).transpose(2, 0, 1) / 255
+
+    def net(image):
+        with torch.no_grad():
+            return light_net(torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
+
+    for scale in (2.0, 3.0, 0.5):
+        small = (round(37 / scale), round(53 / scale))
+        expected = _pil_resize(net(_pil_resize(photo, small)), (37, 53))
+        if scale > 1:
+            fine = net(photo)
+            expected = expected + fine - _pil_resize(_pil_resize(fine, small), (37, 53))
+        result = Stylizer(light_net, stroke_scale=scale)(photo)
+        assert result.shape == photo.shape
+        np.testing.assert_allclose(result, np.clip(expected, 0, 1), atol=2e-5)
+    with pytest.raises(ConfigError, match="stroke"):
+        Stylizer(light_net, stroke_scale=20)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_stroke_scale_keeps_the_photo_size_on_every_backend(tmp_path, model_file, light_net, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the OpenVINO backend needs pip install 'fastnst[openvino]'")
+    photos = [corpus.make_rgb(tmp_path, f"p{w}.png", size=(w, h)) for w, h in ((61, 43), (20, 90))]
+    out = tmp_path / "out"
+    dtype, model = ["--dtype", "fp32"], model_file
+    if backend == "onnxruntime":  # it runs exported files, in their own precision
+        dtype, model = [], tmp_path / "light.onnx"
+        assert main(["export", str(model_file), "-o", str(model)]) == 0
+    assert main(["stylize", "-m", str(model), *map(str, photos), "-o", str(out), "--backend", backend,
+                 *dtype, "--stroke-scale", "2.5"]) == 0
+    plain = Stylizer(light_net)
+    for photo in photos:
+        with Image.open(photo) as src, Image.open(out / photo.name) as result:
+            assert result.size == src.size
+            # Larger strokes: a different picture from the plain stylization, and still not the photo.
+            styled = np.asarray(result, np.float32)
+            assert np.abs(styled - np.asarray(plain.stylize_image(src), np.float32)).mean() > 1
+            assert np.abs(styled - np.asarray(src.convert("RGB"), np.float32)).mean() > 1

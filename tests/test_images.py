@@ -9,7 +9,7 @@ from PIL import Image
 
 from fastnst.errors import ConfigError, ImageError
 from fastnst.files import TEMP_MARKER
-from fastnst.images import load_image, open_image, resize_long_side, save_image, to_pil, to_tensor
+from fastnst.images import load_image, open_image, psnr, resize_long_side, save_image, to_pil, to_tensor
 
 import image_corpus as corpus
 from conftest import gradient_image
@@ -136,3 +136,11 @@ def test_save_by_extension_is_atomic_and_deterministic(tmp_path):
     assert not list(tmp_path.rglob(TEMP_MARKER + "*"))
     with pytest.raises(ConfigError, match="cannot save as .xyz"):
         save_image(img, tmp_path / "a.xyz")
+
+
+def test_psnr_against_the_formula():
+    a = np.zeros((4, 5, 3), np.uint8)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255))  # every pixel off by one level: MSE 1
+    b = np.full((2, 2), 0.5)
+    assert psnr(b, b + 0.1, peak=1.0) == pytest.approx(20.0)  # MSE 0.01 against a peak of 1

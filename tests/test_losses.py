@@ -8,15 +8,21 @@ import torch
 
 from fastnst.errors import ConfigError
 from fastnst.losses import (
+    MOTION,
+    VGG_WEIGHTS_ENV,
     LossSpec,
     content_loss,
     content_targets,
     gram_matrix,
     parse_layer_weights,
+    parse_scales,
     perceptual_losses,
+    random_motion,
     style_grams,
     style_loss,
+    temporal_loss,
     tv_loss,
+    warp,
 )
 from fastnst.models.vgg import VGGFeatures
 
@@ -126,3 +132,137 @@ def test_layer_weight_parsing():
     with pytest.raises(ConfigError, match="style-weight must be >= 0"):
         LossSpec(style_weight=-1)
     assert LossSpec(content_layers="relu2_2", style_layers="relu1_2,relu2_2").layers == ("relu2_2", "relu1_2")
+
+
+def _np_box_downscale(image: np.ndarray, k: int) -> np.ndarray:
+    """(B, C, H, W) → k×k block means, the last partial block dropped: an independent downscale."""
+    b, c, h, w = image.shape
+    h, w = h // k * k, w // k * k
+    return image[:, :, :h, :w].reshape(b, c, h // k, k, w // k, k).mean(axis=(3, 5))
+
+
+def test_style_scales_one_is_the_single_scale_loss():
+    torch.manual_seed(3)
+    vgg = VGGFeatures("vgg16", ["relu1_2", "relu2_2"])
+    plain = LossSpec(content_layers="relu2_2", style_layers="relu1_2,relu2_2", style_weight=7.0)
+    scaled = LossSpec(content_layers="relu2_2", style_layers="relu1_2,relu2_2", style_weight=7.0, style_scales="1")
+    assert scaled.style_scales == (1.0,) and parse_scales("1,0.5") == (1.0, 0.5)
+    content, style, image = torch.rand(2, 3, 16, 16), torch.rand(1, 3, 24, 24), torch.rand(2, 3, 16, 16)
+    a = perceptual_losses(vgg, image, content_targets(vgg, content, plain), style_grams(vgg, style, plain), plain)
+    b = perceptual_losses(vgg, image, content_targets(vgg, content, scaled), style_grams(vgg, style, scaled), scaled)
+    for key in ("content", "style", "tv", "total"):
+        assert torch.equal(a[key], b[key])
+
+
+def test_multi_scale_style_loss_averages_scales_and_its_gradient_runs_through_the_downscale():
+    torch.manual_seed(4)
+    vgg = VGGFeatures("vgg16", ["relu1_2", "relu2_2"])
+    spec = LossSpec(content_layers="relu2_2", style_layers="relu1_2,relu2_2", content_weight=0.0, style_weight=5.0,
+                    style_scales="1,0.5,0.25")
+    style = torch.rand(1, 3, 32, 32)
+    start = torch.rand(1, 3, 32, 32)
+    image = start.clone().requires_grad_(True)
+    losses = perceptual_losses(vgg, image, content_targets(vgg, image.detach(), spec), style_grams(vgg, style, spec),
+                               spec)
+    losses["style"].backward()
+
+    # Independently: block means in numpy, then VGG and the single-scale style loss at each scale.
+    reference = start.clone().requires_grad_(True)
+    expected = 0
+    for k in (1, 2, 4):
+        kernel = torch.full((3, 1, k, k), 1.0 / (k * k))
+        small = torch.nn.functional.conv2d(reference, kernel, stride=k, groups=3)  # box filter as a convolution
+        np.testing.assert_allclose(small.detach().numpy(), _np_box_downscale(start.numpy(), k), rtol=1e-5,
+                                   atol=1e-6)
+        target = torch.from_numpy(_np_box_downscale(style.numpy(), k)).float()
+        target_feats = vgg(target)
+        grams = {n: gram_matrix(target_feats[n]) for n in spec.style_layers}
+        expected = expected + style_loss(vgg(small), grams, spec.style_layers)
+    expected = 5.0 * expected / 3
+    expected.backward()
+    torch.testing.assert_close(losses["style"], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(image.grad, reference.grad, rtol=1e-3, atol=1e-8)
+
+    # Only the ¼ scale: the gradient still reaches every pixel, through the 4×4 box filter.
+    quarter = LossSpec(content_layers="relu2_2", style_layers="relu1_2", content_weight=0.0, style_scales="0.25")
+    image.grad = None
+    loss = perceptual_losses(vgg, image, content_targets(vgg, image.detach(), quarter),
+                             style_grams(vgg, style, quarter), quarter)["style"]
+    loss.backward()
+    assert (image.grad != 0).float().mean() > 0.99
+    # Within each 4×4 block the gradient is the same for every pixel (the box filter's adjoint).
+    blocks = image.grad.reshape(1, 3, 8, 4, 8, 4)
+    torch.testing.assert_close(blocks, blocks[:, :, :, :1, :, :1].expand_as(blocks))
+
+
+def test_style_scales_are_validated():
+    for bad in ("0", "1.5", "1,1", "", "a"):
+        with pytest.raises(ConfigError, match="style-scales"):
+            LossSpec(style_scales=bad)
+
+
+def test_defaults_follow_the_loss_network_pytorch_examples_for_torchvision_the_recipe_for_caffe_vgg19(monkeypatch):
+    examples = LossSpec()
+    assert (examples.vgg_flavour, list(examples.style_layers), examples.content_weight, examples.style_weight,
+            examples.style_scales) == ("torchvision", ["relu1_2", "relu2_2", "relu3_3", "relu4_3"], 1e5, 1e10, (1.0,))
+    assert LossSpec(vgg="vgg19").style_weight == 1e10  # torchvision's VGG19: pytorch/examples' weights too
+    caffe = LossSpec(vgg="vgg19", vgg_weights="weights/vgg19_caffe_block1-3.pth")
+    assert (caffe.vgg_flavour, list(caffe.style_layers), list(caffe.content_layers), caffe.content_weight,
+            caffe.style_weight, caffe.style_scales) == (
+        "caffe", ["relu1_1", "relu2_1", "relu3_1"], ["relu2_2"], 1.0, 50.0, (1.0, 0.5, 0.25))
+    assert LossSpec(vgg="vgg16", vgg_flavour="caffe").style_weight == 1e10  # the recipe is the Caffe VGG19's
+    given = LossSpec(vgg="vgg19", vgg_flavour="caffe", style_weight=200.0, style_scales="1")
+    assert (given.style_weight, given.style_scales, given.content_weight) == (200.0, (1.0,), 1.0)
+    monkeypatch.setenv(VGG_WEIGHTS_ENV, "/models/vgg19-d01eb7cb.pth")  # the official Caffe file, from the variable
+    assert LossSpec(vgg="vgg19").vgg_flavour == "caffe" and LossSpec(vgg="vgg19").style_weight == 50.0
+    with pytest.raises(ConfigError, match="flavour"):
+        LossSpec(vgg_flavour="bgr")
+
+
+def shift_theta(dx: int, dy: int, width: int, height: int) -> torch.Tensor:
+    """The affine matrix that moves an image's content by (dx, dy) whole pixels (right, down)."""
+    return torch.tensor([[[1.0, 0.0, -2 * dx / width], [0.0, 1.0, -2 * dy / height]]])
+
+
+def test_warp_by_whole_pixels_is_a_shift_and_the_mask_marks_the_uncovered_edge():
+    image = torch.rand(1, 3, 12, 16)
+    moved, inside = warp(image, shift_theta(3, -2, 16, 12))
+    # Independent: the content moves 3 right and 2 up; the 3 left columns and 2 bottom rows come from off the image.
+    expected = np.zeros((1, 3, 12, 16), np.float32)
+    expected[..., :10, 3:] = image.numpy()[..., 2:, :13]
+    mask = np.zeros((1, 1, 12, 16), np.float32)
+    mask[..., :10, 3:] = 1
+    np.testing.assert_array_equal(inside.numpy(), mask)
+    np.testing.assert_allclose((moved * inside).numpy(), expected, atol=1e-6)
+
+
+def test_temporal_loss_is_zero_for_a_stylization_that_follows_motion_and_the_mse_otherwise():
+    photo = torch.rand(2, 3, 20, 24)
+    theta = torch.cat([shift_theta(2, 1, 24, 20), shift_theta(-1, 3, 24, 20)])
+    moved_photo = warp(photo, theta)[0]
+
+    def follows(x):  # a per-pixel "stylization": moving commutes with it
+        return x.flip(1).sqrt()
+
+    assert temporal_loss(follows(photo), follows(moved_photo), theta).item() < 1e-12
+    # A stylization that ignores motion (it draws a fixed pattern): the loss is the MSE over the kept pixels.
+    pattern = torch.rand(1, 3, 20, 24).expand(2, -1, -1, -1)
+    _, inside = warp(pattern, theta)
+    moved_pattern = warp(pattern, theta)[0]
+    keep = inside.expand(-1, 3, -1, -1).bool().numpy()
+    expected = np.mean(((moved_pattern - pattern).numpy()[keep]).astype(np.float64) ** 2)
+    np.testing.assert_allclose(temporal_loss(pattern, pattern, theta).item(), expected, rtol=1e-5)
+    stylized = pattern.clone().requires_grad_(True)
+    temporal_loss(stylized, pattern, theta).backward()
+    assert stylized.grad.abs().sum() > 0
+
+
+def test_random_motions_are_small_repeatable_and_varied():
+    a = random_motion(64, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_motion(64, torch.Generator().manual_seed(3)))
+    linear, shift = a[:, :, :2], a[:, :, 2]
+    scale = torch.linalg.det(linear).sqrt()  # 1/zoom
+    assert ((1 / scale - 1).abs() <= MOTION["zoom"] + 1e-6).all() and (1 / scale - 1).abs().max() > MOTION["zoom"] / 2
+    assert (shift.abs() <= 2 * MOTION["shift"] + 1e-6).all() and shift.abs().max() > MOTION["shift"]
+    turn = torch.rad2deg(torch.atan2(linear[:, 1, 0], linear[:, 0, 0]))
+    assert (turn.abs() <= MOTION["degrees"] + 1e-4).all() and turn.abs().max() > MOTION["degrees"] / 2

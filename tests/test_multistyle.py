@@ -29,7 +29,7 @@ from fastnst.models.vgg import VGGFeatures
 from fastnst.styles import resolve_style
 from fastnst.stylize import Stylizer
 from fastnst.train import TrainConfig, fit
-from fastnst.train.styles import StyleDraw, add_styles, train_only_rows
+from fastnst.train.styles import StyleDraw, StyleTargets, add_styles, train_only_rows
 
 from conftest import gradient_image, psnr, random_vgg_state
 
@@ -220,11 +220,38 @@ def test_training_three_styles_gives_finite_losses_and_a_three_style_model(setup
     assert all(isinstance(n, ConditionalInstanceNorm) and n.weight.shape[0] == 3 for _, n in net.norm_layers())
 
 
+def test_each_item_is_scored_against_its_own_styles_grams_with_its_own_weight(setup):
+    """What the three-style run scores each batch item with: its drawn style's Grams (the style image's own, from
+    an independent Gram computation) and that style's --style-weight."""
+    from fastnst.images import load_style_image
+    from fastnst.pretrained import load_loss_network
+
+    run = config(setup, setup["styles"], "three", style_weights=(1e3, 2e3, 5e2), style_names=NAMES)
+    vgg = load_loss_network(run.loss)
+    targets = StyleTargets(vgg, run, 0, 3, run.loss, torch.device("cpu"))
+    own = []
+    with torch.no_grad():
+        for path in setup["styles"]:
+            feats = vgg(load_style_image(path))
+            own.append({n: (f.flatten(2) @ f.flatten(2).transpose(1, 2)) / f[0].numel() for n, f in feats.items()})
+    seen = set()
+    for step in range(6):
+        style, grams, weights = targets.for_step(step, 4)
+        picks = style.argmax(1).tolist()
+        seen.update(picks)
+        assert torch.equal(style, torch.eye(3)[picks])
+        assert weights.tolist() == [run.style_weights[p] for p in picks]
+        for i, pick in enumerate(picks):
+            for layer in ("relu1_2", "relu2_2"):
+                torch.testing.assert_close(grams[layer][i], own[pick][layer][0], rtol=1e-4, atol=1e-6)
+    assert seen == {0, 1, 2}
+
+
 def test_adding_a_style_trains_only_its_rows_and_old_styles_stay_bit_identical(setup):
     base_path = fit(config(setup, setup["styles"][:2], "base", style_names=NAMES[:2]))
     base, _ = load_model(base_path)
     grown_path = fit(config(setup, setup["styles"][2:], "grown", init=str(base_path), style_names=NAMES[2:],
-                            steps=3, lr=0.05))
+                            steps=3, lr=0.05, keep_init_styles=True))
     grown, info = load_model(grown_path)
     assert info.styles == NAMES and info.config["init"] == str(base_path)
     x = photos()
@@ -377,7 +404,8 @@ def test_cli_train_info_stylize_export_merge(setup, capsys):
 
 def test_cli_merge_of_a_model_and_its_extension(setup, capsys):
     base = fit(config(setup, setup["styles"][:1], "one", style_names=NAMES[:1]))
-    grown = fit(config(setup, setup["styles"][1:], "two", init=str(base), style_names=NAMES[1:], steps=1))
+    grown = fit(config(setup, setup["styles"][1:], "two", init=str(base), style_names=NAMES[1:], steps=1,
+                       keep_init_styles=True))
     out = setup["tmp"] / "both.safetensors"
     assert main(["convert", "--merge", str(base), str(grown), "-o", str(out)]) == 2
     assert "appear more than once" in capsys.readouterr().err
@@ -393,6 +421,23 @@ def test_cli_merge_of_a_model_and_its_extension(setup, capsys):
         decoded = to_uint8(decode_thumbnail(thumbnail)).permute(1, 2, 0).numpy()
         scores = [psnr(decoded, image) for image in images]
         assert scores[i] > 27 and max(scores[:i] + scores[i + 1:]) < 15  # JPEG of a noisy picture, and the right one
+    # --select: some styles of it, in the order asked; one style is a single-style file that loads alone.
+    x = photos()
+    single, pair = setup["tmp"] / "c.safetensors", setup["tmp"] / "db.safetensors"
+    assert main(["convert", str(out), "--select", "c", "-o", str(single)]) == 0
+    assert main(["convert", str(out), "--select", "d", "1", "-o", str(pair)]) == 0
+    one, one_info = load_model(single)
+    two, two_info = load_model(pair)
+    assert one_info.styles == ("c",) and one.spec.num_styles == 1 and one_info.thumbnails == info.thumbnails[2:3]
+    assert two_info.styles == ("d", "b") and two_info.thumbnails == (info.thumbnails[3], info.thumbnails[1])
+    with torch.no_grad():
+        assert torch.equal(one(x), merged(x, style=torch.eye(4)[2]))
+        assert torch.equal(two(x, style=torch.eye(2)[0]), merged(x, style=torch.eye(4)[3]))
+        assert torch.equal(two(x, style=torch.eye(2)[1]), merged(x, style=torch.eye(4)[1]))
+    capsys.readouterr()
+    assert main(["convert", str(out), "--select", "zz", "-o", str(single)]) == 2
+    err = capsys.readouterr().err
+    assert "--select" in err and "0=a, 1=b, 2=c, 3=d" in err
     one, _ = load_model(base)
     two, _ = load_model(grown)
     x = photos(1)

@@ -255,11 +255,17 @@ def test_cli_every_option(files, tmp_path, capsys):
 
 
 def test_cli_grayscale_style_is_accepted(files, tmp_path):
-    gray = tmp_path / "gray.jpg"
+    """A grayscale (mode L) style file is its RGB copy: the same optimization to the byte."""
+    gray, rgb = tmp_path / "gray.png", tmp_path / "rgb.png"
     stripes(32, 32).convert("L").save(gray)
+    Image.open(gray).convert("RGB").save(rgb)
     assert Image.open(gray).mode == "L"
-    assert main(["optimize", str(files["content"]), str(gray), "-o", str(tmp_path / "g.png"), "--iterations", "2",
-                 "--size", "32", *files["cli"]]) == 0
+    for style in (gray, rgb):
+        assert main(["optimize", str(files["content"]), str(style), "-o", str(tmp_path / f"{style.stem}-out.png"),
+                     "--iterations", "2", "--size", "32", *files["cli"]]) == 0
+    out_gray, out_rgb = (np.asarray(Image.open(tmp_path / f"{n}-out.png")) for n in ("gray", "rgb"))
+    assert np.array_equal(out_gray, out_rgb) and not np.array_equal(out_gray, np.asarray(
+        Image.open(files["content"]).convert("RGB").resize(out_gray.shape[1::-1])))
 
 
 @pytest.mark.parametrize("case, code, message", [

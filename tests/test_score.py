@@ -14,10 +14,11 @@ from fastnst.cli import main
 from fastnst.errors import ConfigError, ImageError
 from fastnst.images import to_tensor
 from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams, tv_loss
+from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
-from fastnst.score import ScoreConfig, parse_blend, score_images
+from fastnst.score import ScoreConfig, parse_blend, score_images, style_ratios
 
-from conftest import gradient_image
+from conftest import gradient_image, random_vgg_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,11 +160,16 @@ def test_cli_table_and_json(files, capsys):
 
 
 def test_cli_grayscale_style_and_blend(files, tmp_path, capsys):
-    gray = tmp_path / "gray.png"
+    """A grayscale style scores as its RGB copy, here in a 1,1 blend with another style."""
+    gray, rgb = tmp_path / "gray.png", tmp_path / "rgb.png"
     stripes(40, 24).convert("L").save(gray)
-    assert main(["score", "--content", str(files["content"]), "--style", str(gray), "--style", str(files["style"]),
-                 "--style-blend", "1,1", "--style-size", "40", str(files["image"]), "--json", *files["cli"]]) == 0
-    assert json.loads(capsys.readouterr().out)["images"][0]["style"] > 0
+    Image.open(gray).convert("RGB").save(rgb)
+    scores = {}
+    for name, styles in (("gray", [gray, files["style"]]), ("rgb", [rgb, files["style"]])):
+        assert main(["score", "--content", str(files["content"]), *(a for s in styles for a in ("--style", str(s))),
+                     "--style-blend", "1,1", "--style-size", "40", str(files["image"]), "--json", *files["cli"]]) == 0
+        scores[name] = json.loads(capsys.readouterr().out)["images"][0]
+    assert scores["gray"]["style"] > 0 and scores["gray"] == scores["rgb"]
 
 
 def test_cli_errors(files, tmp_path, capsys):
@@ -203,3 +209,27 @@ def test_style_mix_names_the_styles_and_the_old_blend_spelling_says_it_is_deprec
                                             "the next release; write --style-mix NAME=W,..."]
     assert main([*base, "--style-mix", "nope=1"]) == 2
     assert "no style 'nope'" in capsys.readouterr().err
+
+
+def test_style_ratios_against_an_independent_gram_computation():
+    torch.manual_seed(5)
+    vgg = VGGFeatures("vgg16", ["relu1_2", "relu2_2"])
+    vgg.load_state_dict(random_vgg_state("vgg16", "relu2_2"))
+    spec = LossSpec(style_layers="relu1_2,relu2_2:0.5", content_layers="relu2_2", style_weight=123.0,
+                    style_scales="1,0.5")
+    photo, stylized, style = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 32, 40), torch.rand(1, 3, 36, 36)
+    ratios = style_ratios(vgg, stylized, photo, style, spec)
+    assert style_ratios(vgg, photo, photo, style, spec) == {1.0: 1.0, 0.5: 1.0}
+
+    def loss(image, k):  # Σ layer weight × mean squared Gram difference, the image and style box-filtered by k
+        small, target = (torch.nn.functional.avg_pool2d(t, k) if k > 1 else t for t in (image, style))
+        total = 0.0
+        for layer, weight in (("relu1_2", 1.0), ("relu2_2", 0.5)):
+            a, b = vgg(small)[layer].double(), vgg(target)[layer].double()
+            grams = [f.flatten(2) @ f.flatten(2).transpose(1, 2) / f[0].numel() for f in (a, b)]
+            total += weight * float(((grams[0] - grams[1]) ** 2).mean())
+        return total
+
+    with torch.no_grad():
+        for scale, k in ((1.0, 1), (0.5, 2)):
+            assert ratios[scale] == pytest.approx(loss(stylized, k) / loss(photo, k), rel=1e-4)

@@ -17,7 +17,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="fastnst serve needs FastAPI: pip install 'fastnst[serve]'")
@@ -25,11 +24,9 @@ pytest.importorskip("python_multipart", reason="fastnst serve needs python-multi
 
 from fastapi.testclient import TestClient  # noqa: E402 - only once FastAPI is known to be installed
 
-from fastnst.checkpoint import read_info, save_model  # noqa: E402
+from fastnst.checkpoint import read_info  # noqa: E402
 from fastnst.cli import main  # noqa: E402
 from fastnst.errors import ConfigError  # noqa: E402
-from fastnst.images import encode_thumbnail  # noqa: E402
-from fastnst.models.transformer import SPECS, TransformerNet  # noqa: E402
 from fastnst.serve import ServeConfig, create_app  # noqa: E402
 from fastnst.serve.engine import Engine, Options  # noqa: E402
 from fastnst.styles import resolve_style  # noqa: E402
@@ -39,22 +36,6 @@ from conftest import REPO, gradient_image  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WAIT = 20  # seconds any wait in these tests may take before it fails instead of hanging
-
-
-@pytest.fixture
-def duo_file(tmp_path):
-    """A random two-style network whose styles differ (random norm rows), with a thumbnail per style."""
-    torch.manual_seed(1)
-    net = TransformerNet(SPECS["light"].with_styles(2)).eval()
-    with torch.no_grad():
-        for _, norm in net.norm_layers():
-            norm.weight.copy_(1 + 0.5 * torch.randn_like(norm.weight))
-            norm.bias.copy_(0.5 * torch.randn_like(norm.bias))
-    thumbnails = []
-    for seed in (1, 2):
-        gradient_image(48, 32, seed).save(tmp_path / f"style{seed}.png")
-        thumbnails.append(encode_thumbnail(tmp_path / f"style{seed}.png"))
-    return save_model(tmp_path / "duo.safetensors", net, styles=["warm", "cool"], thumbnails=tuple(thumbnails))
 
 
 @pytest.fixture
@@ -222,8 +203,8 @@ def gif() -> bytes:
 
 @pytest.mark.parametrize("body, status, words", [
     (bomb_png(), 413, "decompression bomb"),
-    (b"hello, not an image", 400, "not a JPEG, PNG or WebP image"),
-    (gif(), 400, "not a JPEG, PNG or WebP image"),
+    (b"hello, not an image", 400, "not an image in a format fastnst reads (JPEG, PNG, WEBP)"),
+    (gif(), 400, "not an image in a format fastnst reads (JPEG, PNG, WEBP)"),
     (png(PHOTO)[:300], 400, "cannot decode"),
     (b"", 400, "no image"),
 ])
@@ -245,6 +226,13 @@ def test_pixels_and_bytes_over_the_limits_are_413(make_client):
     assert response.status_code == 413 and "limit of 0.01 MB" in response.json()["detail"]
     form = client.post("/v1/stylize", files={"image": ("big.png", big, "image/png")})
     assert form.status_code == 413
+
+
+def test_a_photo_too_wide_for_webp_is_refused_before_computing(client, monkeypatch):
+    monkeypatch.setattr(client.app.state.engine, "compute", lambda group: pytest.fail("computed"))
+    wide = png(Image.new("RGB", (16384, 2), (90, 120, 200)))
+    response = client.post("/v1/stylize?format=webp", content=wide)
+    assert response.status_code == 422 and "16384x2 is larger than webp can hold" in response.json()["detail"]
 
 
 def test_a_multipart_body_without_the_image_field_is_400(client):
@@ -397,6 +385,7 @@ def test_concurrent_requests_with_different_options_never_interfere(model_file, 
     jobs = [("duo", np.asarray(PHOTO), looks[i % len(looks)]) for i in range(12)]
     results = run_jobs(engine, jobs)
     reference = Stylizer(duo_file, backend=backend)
+    reference.backend.set_streams(2)  # OpenVINO compiles its graph for two streams, as the engine's
     for (_, _, look), got in zip(jobs, results):
         mix = None if look.style is None else dict(enumerate(look.style))
         reference.backend.style = resolve_style(reference.style_names, mix=mix)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import fastnst.train.loop as train_module
-from fastnst.checkpoint import load_model, load_training_state, save_model, save_training_state
+from fastnst.checkpoint import load_model, load_training_state, read_info, save_model, save_training_state
 from fastnst.cli import main
 from fastnst.errors import ConfigError, ModelFileError
 from fastnst.files import TEMP_MARKER
@@ -113,14 +113,16 @@ def test_losses_go_down_over_30_steps(setup):
     assert np.mean(totals[-5:]) < 0.5 * np.mean(totals[:5]), totals
 
 
-@pytest.mark.parametrize("crop_size", [None, 24])  # random crops: drawn from (seed, epoch, photo), so they repeat
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog, crop_size):
+# Random crops are drawn from (seed, epoch, photo) and the temporal term's motions from (seed, rank, step): they repeat.
+@pytest.mark.parametrize("crop_size, temporal_weight", [(None, 0.0), (24, 0.0), (None, 1e4)])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog, crop_size, temporal_weight):
     # 4 batches per epoch: crosses two epoch boundaries
-    common = dict(steps=9, lr_decay="cosine", lr=5e-3, crop_size=crop_size)
+    common = dict(steps=9, lr_decay="cosine", lr=5e-3, crop_size=crop_size, temporal_weight=temporal_weight)
     straight = make_config(setup, "straight", **common)
     run(straight)
 
     interrupted = make_config(setup, "resumed", **common)
+    before = signal.getsignal(signal.SIGTERM)
 
     def interrupt_at_3(step, metrics):
         if step == 3:
@@ -132,7 +134,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(setup, caplog, c
     state = load_training_state(ckpt)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)
     assert not Path(interrupted.output).exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
 
     resumed = dataclasses.replace(interrupted, resume="auto")
     with caplog.at_level(logging.INFO, logger="fastnst.train"):
@@ -220,6 +222,29 @@ def test_fewer_photos_than_the_batch_still_trains_with_a_warning(setup, tmp_path
         history = run(config)
     assert "with replacement" in caplog.text and "only 3 training photo(s)" in caplog.text
     assert len(history) == 3  # one batch per epoch
+
+
+def test_the_temporal_term_teaches_the_network_to_follow_motion(setup):
+    """Two runs from the same seed, with and without --temporal-weight; then, on motions and photos neither saw,
+    the network trained with the term stylizes a moved photo closer to its moved stylization."""
+    from fastnst.losses import random_motion, temporal_loss, warp
+
+    plain = make_config(setup, "plain", steps=30, lr=1e-2)
+    steady = make_config(setup, "steady", steps=30, lr=1e-2, temporal_weight=3e4)
+    plain_history, steady_history = run(plain), run(steady)
+    assert all(m["temporal"] == 0 for _, m in plain_history)
+    assert all(m["temporal"] > 0 for _, m in steady_history)
+    for _, m in steady_history:  # the total is the sum of the four terms
+        np.testing.assert_allclose(m["total"], m["content"] + m["style"] + m["tv"] + m["temporal"], rtol=1e-5)
+    photos = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(99))
+    theta = random_motion(8, torch.Generator().manual_seed(123))
+    moved = warp(photos, theta, padding="reflection")[0]
+    errors = {}
+    for config in (plain, steady):
+        net = load_model(config.output)[0].eval()
+        with torch.no_grad():
+            errors[config.output] = temporal_loss(net(photos), net(moved), theta).item()
+    assert errors[steady.output] < 0.7 * errors[plain.output], errors
 
 
 def test_lr_decay_follows_the_schedule(setup):
@@ -404,7 +429,8 @@ def test_training_state_files_are_versioned_and_loaded_safely(tmp_path, model_fi
 
 
 def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
-    """--amp, --lr-decay, --epochs, --style-size, --channels-last, --device, then --init on the result."""
+    """--amp, --lr-decay, --epochs, --style-size, --channels-last, --device, then --init on the result: with
+    --keep-init-styles a two-style model, without it the new style alone, trained the way the first was."""
     base = ["train", "--data", str(setup["photos"]), "--spec", "light", "--image-size", "32", "--batch-size", "2",
             "--workers", "0", "--holdout", "2", "--vgg-weights", str(setup["vgg"]), "--style-layers",
             "relu1_2,relu2_2", "--content-weight", "1", "--style-weight", "1e3", "--checkpoint-every", "0",
@@ -421,13 +447,28 @@ def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
     second_style = setup["out"] / "second.png"
     gradient_image(40, 40, seed=7).save(second_style)
     grown = setup["out"] / "grown.safetensors"
-    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(grown), "--steps", "2"]) == 0
+    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(grown), "--steps", "2",
+                 "--keep-init-styles"]) == 0
     net2, info2 = load_model(grown)
     assert info2.styles == ("style", "second") and net2.spec.num_styles == 2  # style names: file stems
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():  # the first style is untouched: bit-identical to the model it grew from
         assert torch.equal(net2(x, style=torch.tensor([1.0, 0.0])), net(x))
         assert not torch.equal(net2(x, style=torch.tensor([0.0, 1.0])), net(x))
+    # Without --keep-init-styles: a single-style file of the new style, the same run otherwise (same seed, steps).
+    alone = setup["out"] / "alone.safetensors"
+    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(alone), "--steps", "2"]) == 0
+    net3, info3 = load_model(alone)
+    assert info3.styles == ("second",) and net3.spec.num_styles == 1
+    assert all(isinstance(norm, torch.nn.InstanceNorm2d) for _, norm in net3.norm_layers())
+    with torch.no_grad():
+        assert torch.equal(net3(x), net2(x, style=torch.tensor([0.0, 1.0])))
+    # Options left unset came from the first model's training; given ones (batch, image size) stayed.
+    assert (info3.config["lr_decay"], info3.config["style_size"], info3.config["batch_size"]) == ("cosine", 40, 2)
+    assert info3.config["amp"] == "none"  # precision is this machine's choice, not inherited
+    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(alone), "--steps", "1",
+                 "--lr-decay", "none", "--style-size", "32"]) == 0
+    assert (read_info(alone).config["lr_decay"], read_info(alone).config["style_size"]) == ("none", 32)
     capsys.readouterr()
 
 
@@ -437,9 +478,9 @@ def test_a_model_file_says_the_command_that_trains_it_again(setup):
     from fastnst.cli.train import train_config
 
     config = make_config(setup, "cmd", crop_size=24, style_size=40, lr=5e-3, lr_decay="linear", amp="bf16",
-                         holdout=3, init=None, loss=LossSpec(vgg="vgg16", vgg_weights=str(setup["vgg"]),
-                                                             style_layers="relu1_2,relu2_2:0.5", content_weight=2.0,
-                                                             style_weight=30.0, style_scales=(1, 0.5)))
+                         holdout=3, init=None, temporal_weight=100.0,
+                         loss=LossSpec(vgg="vgg16", vgg_weights=str(setup["vgg"]), style_layers="relu1_2,relu2_2:0.5",
+                                       content_weight=2.0, style_weight=30.0, style_scales=(1, 0.5)))
     argv = ["train", *config.command()]
     args = build_parser(argv).parse_args(argv)
     args.notices = []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastnst.errors import ConfigError, WeightsError
-from fastnst.models.vgg import VGGFeatures, layer_names
-from fastnst.pretrained import ENV_VAR, detect_flavour, load_vgg
+from fastnst.models.vgg import CAFFE_FILE_NAMES, VGGFeatures, layer_names
+from fastnst.pretrained import ENV_VAR, URLS, detect_flavour, load_vgg
 
 from conftest import random_vgg_state
 
@@ -113,6 +115,8 @@ def test_flavour_detection_from_names():
     assert detect_flavour("/x/vgg16-00b39a1b.pth") == "caffe"
     assert detect_flavour("vgg16-397923af.pth") == "torchvision"
     assert detect_flavour(None) == "torchvision"
+    official = {Path(url).name for (_, flavour), url in URLS.items() if flavour == "caffe"}
+    assert official == set(CAFFE_FILE_NAMES) and all(detect_flavour(name) == "caffe" for name in official)
 
 
 def test_no_file_and_no_network_is_one_actionable_line():

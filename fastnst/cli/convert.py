@@ -17,6 +17,9 @@ def add_convert(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.add_argument("--merge", nargs="+", default=[], metavar="MODEL",
                    help="instead of SOURCE: model files sharing all non-norm weights (e.g. made with train --init), "
                         "written as one multi-style model")
+    p.add_argument("--select", nargs="+", default=[], metavar="STYLE",
+                   help="keep only these styles (names or indices, in this order) of a multi-style model; one gives "
+                        "a single-style file that loads alone")
     p.add_argument("--style-name", nargs="+", metavar="NAME",
                    help="style name(s) stored in the file, one per style (default: the source's names, or its stem)")
     p.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
@@ -26,7 +29,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from fastnst.convert import ConvertConfig, convert_model
 
     config = ConvertConfig(source=args.source, output=args.output, style_name=args.style_name, half=args.half,
-                           merge=tuple(args.merge))
+                           merge=tuple(args.merge), select=tuple(args.select))
     path = convert_model(config)
     print(f"wrote {path}")
     return 0

@@ -28,7 +28,8 @@ def add_serve(sub: argparse._SubParsersAction, options: bool = True) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     g.add_argument("--api-key", help=f"require this key (header 'Authorization: Bearer KEY' or 'X-API-Key: KEY') "
-                                     f"on /v1/* and /metrics; default ${defaults.API_KEY_ENV}")
+                                     f"on /v1/* and /metrics; default ${defaults.API_KEY_ENV}, which other users "
+                                     "cannot read in the process list as they can this option")
     g.add_argument("--insecure", action="store_true",
                    help="allow a --host other machines can reach without an API key")
     g.add_argument("--cors-origin", action="append", default=[], dest="cors_origins", metavar="ORIGIN",

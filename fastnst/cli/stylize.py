@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from fastnst.cli.options import positive_int
+from fastnst.cli.options import add_look, add_runtime, add_sources, positive_int, summary
 from fastnst.errors import ConfigError
 
 
@@ -16,13 +15,6 @@ def _shard(text: str) -> tuple[int, int]:
         return parse_shard(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _strength(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within 0..1 (1 = full style, 0 = the photo), got {text}")
-    return value
 
 
 def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
@@ -37,17 +29,12 @@ def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.set_defaults(run=_run_stylize)
     if not options:
         return
-    from fastnst.backends import BACKEND_CHOICES, DTYPE_CHOICES
-    from fastnst.device import DEVICE_CHOICES
     from fastnst.images import DEFAULT_MAX_PIXELS
     from fastnst.stylize.config import DEFAULT_GPU_BATCH, DEFAULT_STALL_SECONDS
     from fastnst.stylize.inputs import FORMATS
     from fastnst.stylize.tiling import TILE_STATS
 
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns ('a/**/*.jpg')")
-    p.add_argument("-m", "--model", required=True,
-                   help="model file (.safetensors, pytorch/examples .pth, or .onnx from fastnst export)")
-    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="folder for the results")
+    add_sources(p, "image files, folders or glob patterns ('a/**/*.jpg')")
     g = p.add_argument_group("output")
     g.add_argument("--format", default="same", choices=FORMATS, help="output format (default: as the input)")
     g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1-100 (default 95)")
@@ -57,26 +44,9 @@ def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
     g.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     g.add_argument("--report", metavar="FILE.jsonl", help="write one JSON line per input with its status")
     g = p.add_argument_group("look")
-    g.add_argument("--strength", type=_strength, default=1.0,
-                   help="blend with the photo: 1 full style (default), 0 none")
-    g.add_argument("--preserve-color", action="store_true", help="keep the photo's colours (transfer luminance only)")
-    g.add_argument("--stroke-scale", type=float, default=1.0, metavar="S",
-                   help="brush strokes S times larger (2, 3: stylized at 1/S size, with the full-resolution "
-                        "pass's fine detail added back) or finer (0.5: stylized at twice the size); 0.25-8, "
-                        "default 1")
-    g.add_argument("--style", metavar="NAME|INDEX", help="multi-style models: the style to use (default the first; "
-                                                        "`fastnst info MODEL` lists them)")
-    g.add_argument("--style-mix", metavar="NAME=W,...",
-                   help="multi-style models: blend styles, e.g. starry=0.7,wave=0.3 (weights >= 0, normalised)")
+    add_look(g, "photo")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                   help="runtime (default auto: torch on GPUs; on the CPU openvino when installed, else torch, or "
-                        "onnxruntime for a .onnx file; `fastnst info --backends` says what it picks here)")
-    g.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    g.add_argument("--dtype", choices=DTYPE_CHOICES,
-                   help="torch: fp32 (default, exact) or bf16/fp16 autocast (a few levels of 255 off); openvino: "
-                        "fp32 or bf16 (2-7x faster; the default on CPUs with native bf16 (AMX, AVX512-BF16), where "
-                        "it keeps >= 50 dB PSNR against fp32 up to 4K; fp32 elsewhere)")
+    add_runtime(g, "photos")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="torch: NHWC memory layout (default: on for CUDA, off on CPU where it is no faster)")
     g.add_argument("--compile", action="store_true", help="torch: torch.compile the network (slow first batch)")
@@ -90,10 +60,6 @@ def add_stylize(sub: argparse._SubParsersAction, options: bool = True) -> None:
                         "passes) or from a downscaled copy (thumbnail: one small extra pass, a visibly "
                         "different tone)")
     g.add_argument("--workers", type=positive_int, default=2, help="decoding and encoding threads (default 2)")
-    g.add_argument("--streams", type=positive_int,
-                   help="CPU: photos stylized at once, one core each (default: one per core with openvino, as "
-                        "its throughput streams; 1 with torch, where one photo on all cores is as fast); tiled "
-                        "photos always run one at a time on all cores")
     g.add_argument("--shard", type=_shard, metavar="I/N",
                    help="take share I of N (I from 0) of the inputs; under torchrun RANK/WORLD_SIZE are used")
     g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -128,8 +94,4 @@ def _run_stylize(args: argparse.Namespace) -> int:
         report = stylize_with_ray(config, None if args.ray == "local" else args.ray, actors=args.ray_actors)
     else:
         report = stylize_files(config)
-    print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
-          file=sys.stderr)
-    if report.report_path is not None:
-        print(f"report: {report.report_path}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return summary(report)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from fastnst.cli.options import add_loss_options, loss_spec, per_style_weights, positive_int
 
+log = logging.getLogger(__name__)
+
 _TRAIN_EPILOG = """\
-loss weights depend on the VGG flavour. The defaults (content 1e5, style 1e10) suit the torchvision
-flavour (pytorch/examples). With the Caffe VGG19 (BGR 0-255 activations, far larger) use e.g.
-  --vgg vgg19 --vgg-weights vgg19_caffe_block1-3.pth --style-layers relu1_1,relu2_1,relu3_1
-  --content-layers relu2_2 --content-weight 1 --style-weight 1
-(tested on 256 px crops for 600 steps; more style weight: stronger texture, less of the photo)
+loss defaults depend on the VGG: pytorch/examples' (content 1e5, style 1e10 on relu1_2..relu4_3) for
+the torchvision flavour; the recipe of docs/recipe.md for the Caffe VGG19 (--vgg vgg19 --vgg-flavour
+caffe, or a weight file with caffe in its name): style relu1_1,relu2_1,relu3_1 at scales 1,0.5,0.25,
+content relu2_2, content weight 1, style weight 50.
+Your own painting in minutes on a CPU, on the shared weights of a bundled model:
+  fastnst train --init checkpoints/all_styles.safetensors --style my_painting.jpg --data photos/
+                -o my_painting.safetensors --steps 300 --amp bf16
+(--amp bf16 where the CPU has AVX512-BF16 or AMX; the rest comes from the model's training)
 Under torchrun --nproc_per_node N the same command trains with DistributedDataParallel
 (--batch-size is per process). Ctrl-C saves a checkpoint; continue with --resume auto."""
 
@@ -33,15 +39,18 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                    help="the style image; several make one model carrying all of them (conditional instance norm)")
     p.add_argument("--style-name", nargs="+", metavar="NAME", help="names of the styles (default: the file stems)")
     p.add_argument("--init", metavar="MODEL",
-                   help="add the --style image(s) to this trained model, training only their norm parameters (the "
-                        "model's other styles stay exactly as they are)")
+                   help="train the --style image(s) on this trained model's shared weights, only their norm rows "
+                        "(minutes on a CPU); options left unset are taken from MODEL's own training (sizes, lr, "
+                        "loss); the output holds the new style(s) alone")
+    p.add_argument("--keep-init-styles", action="store_true",
+                   help="with --init: the output also carries MODEL's styles, exactly as they are")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="folder of training photos, searched recursively (e.g. COCO train2014/)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL",
                    help="model file to write (.safetensors); the resumable checkpoint goes beside it "
                         "as MODEL.ckpt.pt")
     p.add_argument("--spec", choices=sorted(SPECS), default="johnson", help="network size (default johnson)")
-    p.add_argument("--image-size", type=positive_int, default=256,
+    p.add_argument("--image-size", type=positive_int,
                    help="photos are scaled so their short side is SIZE; without --crop-size the centre "
                         "SIZE x SIZE square trains (default 256)")
     p.add_argument("--crop-size", type=positive_int,
@@ -51,14 +60,18 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.add_argument("--style-size", type=positive_int,
                    help="resize the style image so its long side is exactly this before taking its Grams (up or "
                         "down, as optimize and score do; default: as is)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="photos per step and process (default 4)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--lr-decay", choices=LR_DECAYS, default="none",
+    p.add_argument("--batch-size", type=positive_int, help="photos per step and process (default 4)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS,
                    help="decay the learning rate to 0 over the run (default none)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="optimiser steps to train")
     length.add_argument("--epochs", type=positive_int,
                         help=f"passes over the photos (default {DEFAULT_EPOCHS} when --steps is not given)")
+    p.add_argument("--temporal-weight", type=float, default=0.0, metavar="W",
+                   help="for video: also stylize a slightly moved, noisy copy of each batch and penalise where its "
+                        "stylization differs from the moved stylization (less flicker; about 1.3x the step time; "
+                        "default 0: off; see docs/recipe.md for values)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none",
                    help="mixed precision: bf16 is about 2x faster on CPUs with AVX512-BF16/AMX (default none)")
@@ -82,23 +95,43 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    """The ``TrainConfig`` the parsed options describe."""
+    """The ``TrainConfig`` the parsed options describe (with ``--init``, unset ones from that model's training)."""
     from fastnst.styles import style_names
     from fastnst.train import TrainConfig
+    from fastnst.train.config import INHERITED
 
     names = style_names(args.style, args.style_name or ())
     args.style_weight, weights = per_style_weights(args, names)  # one for all: LossSpec's
+    options = {name: getattr(args, name) for name in INHERITED}
+    if args.init:
+        _inherit(args, options, per_style=bool(weights))
     return TrainConfig(
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
-        style_weights=weights, data=args.data, output=args.output, spec=args.spec,
-        loss=loss_spec(args),
-        image_size=args.image_size, crop_size=args.crop_size, style_size=args.style_size,
-        batch_size=args.batch_size, lr=args.lr,
-        lr_decay=args.lr_decay, steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
+        keep_init_styles=args.keep_init_styles, style_weights=weights, data=args.data, output=args.output,
+        spec=args.spec, loss=loss_spec(args), steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, device=args.device, workers=args.workers,
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
         sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
-        checkpoint_every=args.checkpoint_every, resume=args.resume)
+        checkpoint_every=args.checkpoint_every, resume=args.resume, temporal_weight=args.temporal_weight,
+        **{name: value for name, value in options.items() if value is not None})
+
+
+def _inherit(args: argparse.Namespace, options: dict, per_style: bool) -> None:
+    """Fill the options the command left unset from the ``--init`` model's own training, and say which."""
+    from fastnst.train.config import inherited_options
+
+    train, loss = inherited_options(args.init)
+    taken = []
+    for name, value in train.items():
+        if options[name] is None and not (name == "crop_size" and options["image_size"] is not None):
+            options[name] = value
+            taken.append(f"{name}={value}")
+    for name, value in loss.items():
+        if getattr(args, name) is None and not (name == "style_weight" and per_style):
+            setattr(args, name, value)
+            taken.append(f"{name}={value}")
+    if taken:
+        log.info("from %s's training: %s (give an option to change it)", args.init, ", ".join(taken))
 
 
 def _run_train(args: argparse.Namespace) -> int:

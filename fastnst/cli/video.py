@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from fastnst.cli.options import positive_int
+from fastnst.cli.options import add_look, add_runtime, add_sources, positive_int, summary
 
 
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1 (0 off), got {text}")
-    return value
-
-
-def _strength(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within 0..1 (1 = full style, 0 = the video), got {text}")
     return value
 
 
@@ -39,14 +31,9 @@ def add_video(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.set_defaults(run=_run_video)
     if not options:
         return
-    from fastnst.backends import BACKEND_CHOICES, DTYPE_CHOICES
-    from fastnst.device import DEVICE_CHOICES
     from fastnst.video.config import DEFAULT_CRF, DEFAULT_SEGMENT_SECONDS, DEFAULT_TEMPORAL_BLEND, X264_PRESETS
 
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, or folders searched for videos")
-    p.add_argument("-m", "--model", required=True,
-                   help="model file (.safetensors, pytorch/examples .pth, or .onnx from fastnst export)")
-    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="folder for the results")
+    add_sources(p, "video files, or folders searched for videos")
     g = p.add_argument_group("output")
     g.add_argument("--max-size", type=positive_int, help="downsize the long side to this many pixels first")
     g.add_argument("--crf", type=int, default=DEFAULT_CRF,
@@ -63,23 +50,10 @@ def add_video(sub: argparse._SubParsersAction, options: bool = True) -> None:
                    help=f"share of the previous stylized frame, moved by optical flow, kept in each new frame "
                         f"where the motion is reliable (less flicker); 0 stylizes every frame on its own "
                         f"(default {DEFAULT_TEMPORAL_BLEND:g})")
-    g.add_argument("--strength", type=_strength, default=1.0,
-                   help="blend with the video: 1 full style (default), 0 none")
-    g.add_argument("--preserve-color", action="store_true", help="keep the video's colours (luminance only)")
-    g.add_argument("--stroke-scale", type=float, default=1.0, metavar="S",
-                   help="brush strokes S times larger (2, 3) or finer (0.5); 0.25-8, default 1")
-    g.add_argument("--style", metavar="NAME|INDEX", help="multi-style models: the style to use (default the first)")
-    g.add_argument("--style-mix", metavar="NAME=W,...", help="multi-style models: blend styles, e.g. "
-                                                             "starry=0.7,wave=0.3")
+    add_look(g, "video")
     g = p.add_argument_group("speed")
-    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                   help="runtime (default auto: torch on GPUs, openvino on the CPU when installed)")
-    g.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
-    g.add_argument("--dtype", choices=DTYPE_CHOICES, help="as for fastnst stylize (default: the backend's)")
+    add_runtime(g, "frames")
     g.add_argument("--batch-size", type=positive_int, help="GPU: frames per forward pass (default 8; 1 on the CPU)")
-    g.add_argument("--streams", type=positive_int,
-                   help="CPU: frames stylized at once, one core each (default: one per core with openvino, 1 "
-                        "with torch)")
 
 
 def _run_video(args: argparse.Namespace) -> int:
@@ -93,8 +67,4 @@ def _run_video(args: argparse.Namespace) -> int:
         preset=args.preset, temporal_blend=args.temporal_blend, segment_seconds=args.segment_seconds,
         report=args.report)
     report = stylize_video(config)
-    print(f"done {report.done}, skipped {report.skipped} (already there), failed {len(report.failed)}",
-          file=sys.stderr)
-    if report.report_path is not None:
-        print(f"report: {report.report_path}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return summary(report)

@@ -22,6 +22,8 @@ the styles' norm parameters (``ConditionalInstanceNorm``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -275,3 +277,25 @@ class TransformerNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def select_styles(model: TransformerNet, indices: Sequence[int]) -> TransformerNet:
+    """A network carrying only the styles ``indices`` of ``model`` (in that order), everything else shared.
+
+    Each style is its norm rows, so the picked styles' outputs are bit-identical
+    to ``model``'s; one index gives a single-style network (plain InstanceNorms),
+    which loads and runs like any single-style model.
+    """
+    indices = list(indices)
+    if not indices or any(not 0 <= i < model.spec.num_styles for i in indices):
+        raise ValueError(f"style indices {indices} for a network of {model.spec.num_styles} style(s)")
+    picked = TransformerNet(model.spec.with_styles(len(indices))).to(next(model.parameters()).device)
+    norm_keys = {f"{name}.{p}" for name, _ in model.norm_layers() for p in ("weight", "bias")}
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in norm_keys:
+            rows = value if value.dim() == 2 else value[None]
+            value = rows[indices] if len(indices) > 1 else rows[indices[0]]
+        state[key] = value.detach().clone()
+    picked.load_state_dict(state)
+    return picked.eval()

@@ -16,6 +16,8 @@ weights were trained with lives inside the module (``FLAVOURS``):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -32,6 +34,19 @@ FLAVOURS: dict[str, dict] = {
     "torchvision": {"bgr": False, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
     "caffe": {"bgr": True, "mean": (103.939 / 255, 116.779 / 255, 123.68 / 255), "std": (1 / 255,) * 3},
 }
+
+
+# The official Caffe conversions (Justin Johnson's), recognised by name as Caffe weights.
+CAFFE_FILE_NAMES = ("vgg16-00b39a1b.pth", "vgg19-d01eb7cb.pth")
+
+
+def detect_flavour(path=None) -> str:
+    """The flavour a weight file's name implies: ``caffe`` if it says so (or is an official Caffe file), otherwise
+    ``torchvision`` (also for no file: the default download)."""
+    if path is None:
+        return "torchvision"
+    name = Path(path).name.lower()
+    return "caffe" if "caffe" in name or name in CAFFE_FILE_NAMES else "torchvision"
 
 
 def layer_names(arch: str) -> list[str]:

@@ -23,12 +23,9 @@ or ``X-API-Key: KEY``; ``/``, ``/healthz`` and ``/docs`` stay open.
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 import socket
-import tempfile
 import time
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -41,13 +38,12 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from fastnst.errors import ConfigError, FastNSTError, ImageError, first_line
-from fastnst.images import open_image, resize_long_side
+from fastnst.errors import ConfigError, FastNSTError, ImageError, ImageTooLarge, first_line
+from fastnst.images import encode_image, open_image, resize_long_side, side_limit
 from fastnst.serve.config import ServeConfig
 from fastnst.serve.engine import Busy, Engine, Options, UnknownName
 from fastnst.stylize.config import STROKE_SCALES
@@ -57,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # Upload formats (Pillow's names): only these decoders ever see an upload.
 ACCEPTED = ("JPEG", "PNG", "WEBP")
-# Output format → Pillow's name, content type and encoder options (those of ``fastnst.images.save_image``).
+# Output format → Pillow's name and the content type.
 OUTPUTS = {"jpg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 ENDPOINTS = ("/", "/v1/stylize", "/v1/models", "/healthz", "/metrics", "/docs", "/openapi.json")
 # The page loads nothing from elsewhere: its script and style are inline, images data: or blob: URLs.
@@ -68,6 +64,10 @@ UPLOAD = "upload"  # what an ImageError about the request's photo names instead 
 
 class TooLarge(FastNSTError):
     """The upload or its pixel count is over the service's limits (HTTP 413)."""
+
+
+class Unauthorized(FastNSTError):
+    """The request lacks the API key (HTTP 401)."""
 
 
 def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
@@ -123,7 +123,7 @@ def run(app: FastAPI, sock: socket.socket) -> None:
 
 # -- authentication and errors ----------------------------------------------------------------------
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """Refuse a request without the configured API key (no key configured: everyone passes)."""
     key = request.app.state.config.api_key
     if key is None:
@@ -131,14 +131,10 @@ def require_key(request: Request) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     given = given.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
     if not hmac.compare_digest(given.encode(), key.encode()):
-        raise _Unauthorized("missing or wrong API key: send the header 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+        raise Unauthorized("missing or wrong API key: send the header 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
 
 
-class _Unauthorized(FastNSTError):
-    """HTTP 401."""
-
-
-_STATUSES = ((_Unauthorized, 401), (Busy, 503), (TooLarge, 413), (UnknownName, 404), (ConfigError, 422),
+_STATUSES = ((Unauthorized, 401), (Busy, 503), (TooLarge, 413), (UnknownName, 404), (ConfigError, 422),
              (ImageError, 400))
 
 
@@ -227,10 +223,11 @@ async def stylize(
     engine: Engine = request.app.state.engine
     served = engine.model(model)
     options = Options(strength, preserve_color, stroke_scale, served.style_weights(style, style_mix))
-    _check_declared_size(request, config.max_upload_bytes)
+    _check_declared_size(request, config)
     with anyio.fail_after(config.timeout), engine.admitted():
-        data = await _image_bytes(request, config.max_upload_bytes)
+        data = await _image_bytes(request, config)
         pixels = await run_in_threadpool(decode, data, config.max_pixels, max_size)
+        _check_encodable(pixels, format)
         styled = await engine.stylize(served, pixels, options)
         body = await run_in_threadpool(encode, styled, format, quality)
     return Response(body, media_type=OUTPUTS[format][1])
@@ -264,24 +261,21 @@ async def page(request: Request) -> HTMLResponse:
 
 # -- reading the photo ------------------------------------------------------------------------------
 
-def _check_declared_size(request: Request, limit: int) -> None:
+def _check_declared_size(request: Request, config: ServeConfig) -> None:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(_too_large(int(declared), limit))
+    if declared.isdigit() and int(declared) > config.max_upload_bytes:
+        raise TooLarge(f"{int(declared) / 2**20:.1f} MB is over this server's limit of {config.max_upload_mb:g} MB; "
+                       "send a smaller image")
 
 
-def _too_large(size: int | None, limit: int) -> str:
-    said = f"{size / 2**20:.1f} MB" if size else "the upload"
-    return f"{said} is over this server's limit of {limit / 2**20:g} MB; send a smaller image"
-
-
-async def _image_bytes(request: Request, limit: int) -> bytes:
-    """The photo's bytes: the whole body, or its multipart field ``image``; ``TooLarge`` past ``limit``."""
+async def _image_bytes(request: Request, config: ServeConfig) -> bytes:
+    """The photo's bytes: the whole body, or its multipart field ``image``; ``TooLarge`` past the limit."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise TooLarge(_too_large(None, limit))
+        if size > config.max_upload_bytes:
+            raise TooLarge(f"the upload is over this server's limit of {config.max_upload_mb:g} MB; send a smaller "
+                           "image")
         chunks.append(chunk)
     body = b"".join(chunks)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -308,44 +302,30 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
 def decode(data: bytes, max_pixels: int, max_size: int | None) -> np.ndarray:
     """An upload → (H, W, 3) uint8 RGB, EXIF-oriented, long side at most ``max_size``.
 
-    The header is read first: formats other than ``ACCEPTED`` are an
-    ``ImageError``, more than ``max_pixels`` pixels ``TooLarge``, before any
-    pixel is decoded. Decoding itself is ``fastnst.images.open_image``'s, as
-    for ``fastnst stylize``.
+    Decoded by ``fastnst.images.open_image``, as for ``fastnst stylize``, but
+    only from the ``ACCEPTED`` formats; more than ``max_pixels`` pixels is
+    ``TooLarge``, found from the header before any pixel is decoded.
     """
-    _check_header(data, max_pixels)
-    with tempfile.NamedTemporaryFile(prefix="fastnst-upload-") as file:  # open_image reads paths
-        file.write(data)
-        file.flush()
-        try:
-            image = open_image(file.name, max_pixels)
-        except ImageError as exc:
-            raise ImageError(UPLOAD, exc.reason) from None
+    try:
+        image = open_image(data, max_pixels, formats=ACCEPTED, name=UPLOAD)
+    except ImageTooLarge as exc:
+        if exc.size is None:  # over Pillow's decompression-bomb limit
+            raise TooLarge(f"the image's {exc.reason}") from None
+        width, height = exc.size
+        raise TooLarge(f"{width}x{height} = {width * height:,} pixels is over this server's limit of "
+                       f"{exc.limit:,}; send a smaller image") from None
     return np.asarray(resize_long_side(image, max_size), dtype=np.uint8)
 
 
-def _check_header(data: bytes, max_pixels: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=list(ACCEPTED)) as image:
-                width, height = image.size
-        except Image.DecompressionBombError:
-            raise TooLarge(f"the image's header declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; "
-                           "refused as a possible decompression bomb") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-            raise ImageError(UPLOAD, "not a JPEG, PNG or WebP image (or a corrupt one); send a photo in one of "
-                                     "those formats") from None
-    if width * height > max_pixels:
-        raise TooLarge(f"{width}x{height} = {width * height:,} pixels is over this server's limit of "
-                       f"{max_pixels:,}; send a smaller image")
+def _check_encodable(pixels: np.ndarray, fmt: str) -> None:
+    """A ``ConfigError`` (422) before any compute when ``fmt`` cannot hold an image this large."""
+    height, width = pixels.shape[:2]
+    limit = side_limit(OUTPUTS[fmt][0], width, height)
+    if limit is not None:
+        raise ConfigError(f"{width}x{height} is larger than {fmt} can hold ({limit} px a side); ask for "
+                          f"format=png or max_size={limit}")
 
 
 def encode(pixels: np.ndarray, fmt: str, quality: int) -> bytes:
-    """(H, W, 3) uint8 → the bytes of a ``fmt`` file (jpg, png, webp), encoded as ``save_image`` does."""
-    name = OUTPUTS[fmt][0]
-    options = {"JPEG": {"quality": quality, "subsampling": 0 if quality >= 90 else 2, "optimize": False},
-               "WEBP": {"quality": quality, "method": 4}, "PNG": {"compress_level": 6}}[name]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=name, **options)
-    return buffer.getvalue()
+    """(H, W, 3) uint8 → the bytes of a ``fmt`` file (jpg, png, webp), encoded as ``fastnst stylize`` saves it."""
+    return encode_image(pixels, OUTPUTS[fmt][0], quality)

@@ -15,7 +15,7 @@ Every stylize request goes through ``Engine``:
   size and options as one (B, H, W, 3) pass.
 * **Isolation.** A ``Stylizer`` holds its options (strength, colour, stroke
   scale) and its backend the style weights as attributes, so each group of
-  jobs runs through a *view* (``stylizer_view``): a shallow copy of the
+  jobs runs through a *view* (``Stylizer.with_options``): a shallow copy of the
   model's Stylizer and backend that shares the loaded network and compiled
   graphs but has its own options. Concurrent requests with different options
   never see each other's, and a job whose batch fails is retried alone, so one
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import math
 import queue
@@ -107,18 +106,9 @@ class ServedModel:
 
 
 def stylizer_view(base: Stylizer, options: Options) -> Stylizer:
-    """A Stylizer running ``base``'s loaded network with ``options``, leaving ``base`` and other views alone.
-
-    Shallow copies: the network, compiled graphs and infer requests stay shared;
-    the options and the backend's ``style`` become the view's own attributes.
-    """
-    view = copy.copy(base)
-    view.backend = copy.copy(base.backend)
-    if options.style is not None:
-        view.backend.style = np.asarray(options.style, np.float32)
-    view.strength, view.preserve_color, view.stroke_scale = (options.strength, options.preserve_color,
-                                                             options.stroke_scale)
-    return view
+    """A Stylizer running ``base``'s loaded network with ``options``, leaving ``base`` and other views alone."""
+    return base.with_options(strength=options.strength, preserve_color=options.preserve_color,
+                             stroke_scale=options.stroke_scale, style_weights=options.style)
 
 
 @dataclass(eq=False)
@@ -222,7 +212,7 @@ class Engine:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let running passes finish and end the threads (waiting jobs are dropped)."""
+        """Finish the jobs already queued, then end the threads (each waits at most ``timeout`` s)."""
         for _ in self._threads:
             with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=timeout)

@@ -35,6 +35,31 @@ def check_stroke_scale(value: float) -> float:
     return float(value)
 
 
+def check_shared(config, noun: str) -> None:
+    """The checks ``StylizeConfig`` and ``VideoConfig`` share: inputs, style choice, look, runtime, sizes.
+
+    ``noun`` names what the inputs are ("image files, folders or patterns").
+    Normalises ``inputs`` to a tuple of str and ``strength``/``stroke_scale`` to floats.
+    """
+    from fastnst.styles import parse_style_mix
+
+    object.__setattr__(config, "inputs", tuple(str(i) for i in config.inputs))
+    if not config.inputs:
+        raise ConfigError(f"no inputs given: name {noun} to stylize")
+    if config.style is not None and config.style_mix is not None:
+        raise ConfigError("give --style or --style-mix, not both")
+    if config.style_mix is not None:
+        parse_style_mix(config.style_mix)
+    check_backend_options(config.backend, config.dtype, getattr(config, "channels_last", None),
+                          getattr(config, "compile", False))
+    check_device(config.device)
+    object.__setattr__(config, "strength", check_strength(config.strength))
+    object.__setattr__(config, "stroke_scale", check_stroke_scale(config.stroke_scale))
+    for name in ("max_size", "batch_size", "streams"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+
+
 @dataclass(frozen=True)
 class StylizeConfig:
     """Options of ``fastnst stylize``; see ``fastnst stylize --help`` for each."""
@@ -67,34 +92,17 @@ class StylizeConfig:
     stroke_scale: float = 1.0  # brush strokes this many times larger (< 1: finer)
 
     def __post_init__(self) -> None:
-        from fastnst.styles import parse_style_mix
-
-        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
-        if self.style is not None and self.style_mix is not None:
-            raise ConfigError("give --style or --style-mix, not both")
-        if self.style_mix is not None:
-            parse_style_mix(self.style_mix)
-        if not self.inputs:
-            raise ConfigError("no inputs given: name image files, folders or patterns to stylize")
-        check_backend_options(self.backend, self.dtype, self.channels_last, self.compile)
-        check_device(self.device)
+        check_shared(self, "image files, folders or patterns")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"--quality must be 1–100, got {self.quality}")
-        for name in ("max_size", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.tile_size is not None and self.tile_size < 64:
             raise ConfigError(f"--tile-size must be at least 64 pixels, got {self.tile_size}")
         if self.tile_stats not in TILE_STATS:
             raise ConfigError(f"unknown --tile-stats {self.tile_stats!r}; choose one of {', '.join(TILE_STATS)}")
-        object.__setattr__(self, "strength", check_strength(self.strength))
-        object.__setattr__(self, "stroke_scale", check_stroke_scale(self.stroke_scale))
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if self.streams is not None and self.streams < 1:
-            raise ConfigError(f"--streams must be at least 1, got {self.streams}")
         if self.compile and (self.streams or 1) > 1:
             raise ConfigError("--compile runs one photo at a time on all cores (compilation is not thread-safe); "
                               "drop --streams")

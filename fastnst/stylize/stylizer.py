@@ -13,6 +13,7 @@ network, uint8 pixels for files, so the OpenVINO path runs without PyTorch.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -96,6 +97,27 @@ class Stylizer:
                               f"pixels of context a side); use at least {min_tile_size(self.context)}")
         self.tile_stats = tile_stats
         self.preserve_color = bool(preserve_color)
+
+    def with_options(self, *, strength: float | None = None, preserve_color: bool | None = None,
+                     stroke_scale: float | None = None, style_weights=None) -> Stylizer:
+        """A view of this Stylizer with other options, sharing its loaded network; ``self`` is left alone.
+
+        For servers running many requests with their own options at once: the
+        view's options and its backend's ``style`` ((N,) weights summing to 1;
+        None keeps this one's) are its own attributes, while the weights,
+        compiled graphs and infer requests stay shared. None keeps an option.
+        """
+        view = copy.copy(self)
+        view.backend = copy.copy(self.backend)
+        if strength is not None:
+            view.strength = check_strength(strength)
+        if stroke_scale is not None:
+            view.stroke_scale = check_stroke_scale(stroke_scale)
+        if preserve_color is not None:
+            view.preserve_color = bool(preserve_color)
+        if style_weights is not None:
+            view.backend.style = np.asarray(style_weights, np.float32)
+        return view
 
     @classmethod
     def from_config(cls, config: StylizeConfig) -> Stylizer:

@@ -22,6 +22,11 @@ RESUMABLE_CHANGES = {"resume", "steps", "epochs", "checkpoint_every", "logdir", 
                      "sample_images", "workers", "device", "compile"}
 # Options that only say how a run is watched or where it runs, not what it trains: left out of ``command()``.
 _NOT_IN_COMMAND = {"resume", "checkpoint_every", "logdir", "log_every", "sample_every", "workers", "device"}
+# What ``fastnst train --init MODEL`` takes from MODEL's own training when the command leaves it unset, so a new
+# style is trained the way the model's styles were (docs/recipe.md): the sizes, the optimiser and the loss.
+INHERITED = ("image_size", "crop_size", "style_size", "batch_size", "lr", "lr_decay")
+INHERITED_LOSS = ("vgg", "vgg_flavour", "content_layers", "style_layers", "content_weight", "style_weight",
+                  "tv_weight", "style_scales")
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,13 @@ class TrainConfig:
     ``style`` holds the style images, one per style the model carries;
     ``style_names`` names them (default: the file stems) and ``style_weights``
     gives each its style-loss weight (default ``loss.style_weight`` for all).
-    ``init`` is a model file the styles are added to (only their norm rows
-    train). ``crop_size`` trains on random squares of the photos scaled to
-    ``image_size`` (centre squares without it). ``steps`` and ``epochs`` are
-    exclusive; with neither, training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per
-    process under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
+    ``init`` is a trained model file whose shared weights the new styles use
+    (only their norm rows train); the output holds the new styles alone, or
+    ``init``'s styles and the new ones with ``keep_init_styles``. ``crop_size``
+    trains on random squares of the photos scaled to ``image_size`` (centre
+    squares without it). ``steps`` and ``epochs`` are exclusive; with neither,
+    training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per process
+    under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
     checkpoint beside ``output`` if there is one, else a fresh start).
     """
 
@@ -68,6 +75,8 @@ class TrainConfig:
     style_names: tuple[str, ...] = ()
     style_weights: tuple[float, ...] = ()
     init: str | None = None
+    keep_init_styles: bool = False
+    temporal_weight: float = 0.0  # the temporal-consistency term (``fastnst.losses.temporal_loss``); 0: off
 
     def __post_init__(self) -> None:
         style = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
@@ -114,6 +123,10 @@ class TrainConfig:
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"unknown --lr-decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
         check_device(self.device)
+        if not (math.isfinite(self.temporal_weight) and self.temporal_weight >= 0):
+            raise ConfigError(f"--temporal-weight must be >= 0 and finite (0 turns it off), got {self.temporal_weight}")
+        if self.keep_init_styles and self.init is None:
+            raise ConfigError("--keep-init-styles keeps the styles of the --init model: give --init MODEL")
 
     @classmethod
     def from_record(cls, record: dict) -> TrainConfig:
@@ -128,8 +141,9 @@ class TrainConfig:
         run is watched or where it runs (logging, checkpoints, workers, device) is
         not. ``show`` rewrites file paths (e.g. relative to the repository).
         """
-        default, loss, default_loss = TrainConfig(style=self.style, data="", output="m.safetensors"), self.loss, \
-            LossSpec()
+        default, loss = TrainConfig(style=self.style, data="", output="m.safetensors"), self.loss
+        # The loss network is written when it is not the default; the rest when it is not that network's default.
+        default_loss = LossSpec(vgg=loss.vgg, vgg_weights=loss.vgg_weights)
         argv = ["--style", *map(show, self.style), "--data", show(self.data), "-o", show(self.output)]
         for f in fields(self):
             value = getattr(self, f.name)
@@ -139,7 +153,8 @@ class TrainConfig:
             argv += _option(f.name, value, show if f.name in ("init", "sample_images") else str)
         for f in fields(loss):
             value = getattr(loss, f.name)
-            if value != getattr(default_loss, f.name) and not (f.name == "style_weight" and self.style_weights):
+            reference = LossSpec() if f.name in ("vgg", "vgg_weights") else default_loss
+            if value != getattr(reference, f.name) and not (f.name == "style_weight" and self.style_weights):
                 argv += _option(f.name, value, show if f.name == "vgg_weights" else str)
         if self.style_weights:
             names = style_names(self.style, self.style_names)
@@ -160,3 +175,22 @@ def _option(name: str, value, show: Callable[[str], str]) -> list[str]:
     if isinstance(value, (tuple, list)):
         return [flag, ",".join(f"{v:g}" for v in value)] if name == "style_scales" else [flag, *map(show, value)]
     return [flag, f"{value:g}" if isinstance(value, float) else show(str(value))]
+
+
+def inherited_options(init: str | Path) -> tuple[dict, dict]:
+    """(training options, loss options) that model file ``init`` recorded for ``INHERITED`` and ``INHERITED_LOSS``.
+
+    Empty for a model that recorded no training (a converted pytorch/examples
+    file). The VGG weight file is inherited only where it exists on this machine.
+    """
+    from fastnst.checkpoint import read_info
+
+    record = read_info(init).config
+    loss = record.get("loss")
+    if not isinstance(loss, dict):
+        return {}, {}
+    train = {k: record[k] for k in INHERITED if record.get(k) is not None}
+    loss_options = {k: loss[k] for k in INHERITED_LOSS if loss.get(k) is not None}
+    if loss.get("vgg_weights") and Path(loss["vgg_weights"]).is_file():
+        loss_options["vgg_weights"] = loss["vgg_weights"]
+    return train, loss_options

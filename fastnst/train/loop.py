@@ -48,8 +48,8 @@ from fastnst.device import describe_device, keep_freed_memory
 from fastnst.errors import FastNSTError, ModelFileError
 from fastnst.files import probe_writable, remove_temporaries_of, show_path
 from fastnst.images import encode_thumbnail
-from fastnst.losses import LossSpec, content_targets, perceptual_losses
-from fastnst.models.transformer import TransformerSpec, get_spec
+from fastnst.losses import MOTION, LossSpec, content_targets, perceptual_losses, random_motion, temporal_loss, warp
+from fastnst.models.transformer import TransformerNet, TransformerSpec, get_spec, select_styles
 from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
 from fastnst.styles import style_names
@@ -226,9 +226,11 @@ class TrainingRun:
         spec = self.config.loss
         style, grams, item_weights = self.styles.for_step(self.step, content.shape[0])
         with self.autocast:
-            stylized = self.run_model(content, style=style)
+            stylized, temporal = self._stylize(content, style)
             targets = content_targets(self.run_content_vgg, content, spec)
             losses = perceptual_losses(self.run_vgg, stylized, targets, grams, spec, item_weights=item_weights)
+            losses["temporal"] = temporal
+            losses["total"] = losses["total"] + temporal
         # Every rank must agree before backward, or DDP's gradient all-reduce would hang.
         values = torch.stack([losses[name].detach().float() for name in LOSSES])
         non_finite = (~values.isfinite()).any()[None].float()
@@ -245,6 +247,26 @@ class TrainingRun:
         self.step += 1
         self.batch_in_epoch += 1
         return {**dict(zip(LOSSES, (summed[:-1] / self.world).tolist())), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _stylize(self, content: torch.Tensor, style: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stylized batch and the weighted temporal term (0 without ``temporal_weight``).
+
+        With the term, the batch and a copy moved by this step's random motions
+        (``fastnst.losses.random_motion``, drawn from the seed and the step, so a
+        resumed run draws the same) go through the network in one pass.
+        """
+        weight = self.config.temporal_weight
+        if not weight:
+            return self.run_model(content, style=style), content.new_zeros((), dtype=torch.float32)
+        batch = content.shape[0]
+        draws = rng.generator((self.config.seed * 1_000_033 + self.rank) * 10_000_079 + self.step)
+        theta = random_motion(batch, draws)
+        noise = MOTION["noise"] * torch.randn(content.shape, generator=draws)
+        moved = (warp(content, theta, padding="reflection")[0] + noise.to(content.device)).clamp(0, 1)
+        both = self.run_model(torch.cat([content, moved.to(content.dtype)]),
+                              style=None if style is None else torch.cat([style, style]))
+        stylized, stylized_moved = both[:batch], both[batch:]
+        return stylized, weight * temporal_loss(stylized, stylized_moved, theta)
 
     def periodic_checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """The checkpoint hook: every ``checkpoint_every`` steps (rank 0). A checkpoint that cannot be written
@@ -289,11 +311,22 @@ class TrainingRun:
                       "train_seconds": round(self.train_seconds(), 3), "final_losses": self.monitor.last_means or None,
                       "hardware": describe_device(self.device) + (f" x{self.world} processes" if self.world > 1
                                                                   else "")}
-            save_model(config.output, self.model, styles=self.names, config={**asdict(config), **record},
-                       thumbnails=self.thumbnails)
+            model, names, thumbnails = self._to_save()
+            save_model(config.output, model, styles=names, config={**asdict(config), **record},
+                       thumbnails=thumbnails)
             log.info("wrote %s after %d steps", config.output, self.step)
         distributed.barrier(self.world)
         return Path(config.output)
+
+    def _to_save(self) -> tuple[TransformerNet, tuple[str, ...], tuple[str, ...]]:
+        """The network, style names and thumbnails the model file gets: with ``init``, only the new styles unless
+        ``keep_init_styles`` (one new style: a single-style file that loads alone)."""
+        first = self.styles.first
+        if self.config.init is None or self.config.keep_init_styles or first == 0:
+            return self.model, self.names, self.thumbnails
+        picked = range(first, self.model.spec.num_styles)
+        thumbnails = self.thumbnails[first:] if self.thumbnails else ()
+        return select_styles(self.model, picked), self.names[first:], thumbnails
 
     def close(self) -> None:
         """Close the progress bar and TensorBoard, stop the loader's worker processes, leave the process group."""

@@ -24,7 +24,7 @@ from fastnst.train.data import load_photo
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("content", "style", "tv", "total")
+LOSSES = ("content", "style", "tv", "temporal", "total")
 
 
 def load_samples(paths: list[Path], size: int) -> torch.Tensor | None:
@@ -87,9 +87,9 @@ class Monitor:
         self.bar.set_postfix(loss=f"{means['total']:.4g}", content=f"{means['content']:.3g}",
                              style=f"{means['style']:.3g}", refresh=False)
         if self.bar.disable:
-            log.info("step %d/%d  content %.4g  style %.4g  tv %.4g  total %.4g  lr %.3g  %.2f img/s", step,
-                     self.total_steps, means["content"], means["style"], means["tv"], means["total"], lr,
-                     images_per_s)
+            log.info("step %d/%d  content %.4g  style %.4g  tv %.4g  temporal %.4g  total %.4g  lr %.3g  %.2f img/s",
+                     step, self.total_steps, means["content"], means["style"], means["tv"], means["temporal"],
+                     means["total"], lr, images_per_s)
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(f"loss/{name}", value, step)

@@ -11,19 +11,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fastnst.backends import AUTO, check_backend_options
-from fastnst.color import check_strength
-from fastnst.device import check_device
+from fastnst.backends import AUTO
 from fastnst.errors import ConfigError
-from fastnst.stylize.config import check_stroke_scale
+from fastnst.stylize.config import check_shared
 
 # x264's constant rate factor: 18 is the customary "visually transparent" setting (0 lossless, 51 worst).
 DEFAULT_CRF = 18
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # How much of the previous stylized frame (warped by optical flow) each new frame keeps where the flow is
-# reliable. 0.6 came out of scripts/bench_video.py's sweep (see fastnst.video.temporal): it roughly halves
-# the warping error of per-frame stylization while the frames' style loss stays within a few percent.
-DEFAULT_TEMPORAL_BLEND = 0.6
+# reliable. 0.7 came out of scripts/bench_video.py's measurement (see fastnst.video.temporal): a quarter to a
+# third of per-frame stylization's warping error, the frames' style loss within 3% of per-frame's.
+DEFAULT_TEMPORAL_BLEND = 0.7
 # A killed run resumes at the last finished segment of this many seconds (see fastnst.video.pipeline).
 DEFAULT_SEGMENT_SECONDS = 10.0
 
@@ -54,24 +52,9 @@ class VideoConfig:
     report: str | None = None
 
     def __post_init__(self) -> None:
-        from fastnst.styles import parse_style_mix
-
-        object.__setattr__(self, "inputs", tuple(str(i) for i in self.inputs))
-        if not self.inputs:
-            raise ConfigError("no inputs given: name video files or folders of videos to stylize")
-        if self.style is not None and self.style_mix is not None:
-            raise ConfigError("give --style or --style-mix, not both")
-        if self.style_mix is not None:
-            parse_style_mix(self.style_mix)
-        check_backend_options(self.backend, self.dtype, None, False)
-        check_device(self.device)
-        object.__setattr__(self, "strength", check_strength(self.strength))
-        object.__setattr__(self, "stroke_scale", check_stroke_scale(self.stroke_scale))
+        check_shared(self, "video files or folders of videos")
         if self.max_size is not None and self.max_size < 16:
-            raise ConfigError(f"--max-size must be at least 16 pixels, got {self.max_size}")
-        for name in ("batch_size", "streams"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            raise ConfigError(f"--max-size must be at least 16 pixels for a video, got {self.max_size}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"--crf must be within 0..51 (0 lossless, {DEFAULT_CRF} visually transparent, "
                               f"higher smaller files), got {self.crf}")

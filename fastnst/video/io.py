@@ -15,7 +15,8 @@
 * ``SegmentWriter`` encodes frames to an H.264 (yuv420p, ``--crf``) MP4 segment
   with the input's time base and colour tags, ``remux`` joins the segments and
   copies the input's audio (and, where the container holds them, subtitles)
-  packet for packet, interleaved by time: audio is never re-encoded.
+  packet for packet, interleaved by time: audio is never re-encoded; chapters
+  are kept.
 
 Containers: MP4, M4V, MOV and MKV are written as they came; others (WebM, AVI,
 MPEG-TS, ...) become MP4, or MKV when their audio cannot go into MP4. PyAV is
@@ -54,7 +55,7 @@ def require() -> None:
     try:
         import av
     except ImportError:
-        raise ConfigError(f"fastnst video needs PyAV: {INSTALL} (or pip install av)") from None
+        raise ConfigError(f"PyAV is not installed: {INSTALL} (or pip install av)") from None
     if "libx264" not in av.codecs_available:
         raise ConfigError(f"this PyAV build has no H.264 encoder (libx264): {INSTALL} for wheels that carry one")
 
@@ -128,14 +129,14 @@ def probe(path: Path, max_size: int | None) -> VideoInfo:
         turns = round((first.rotation or 0) / 90) % 4
         upright = (first.width, first.height) if turns % 2 == 0 else (first.height, first.width)
         size = _even(upright, max_size)
-        decode = size if upright != size and (max_size and max(upright) > max_size) else upright
+        decode = size if max_size and max(upright) > max_size else upright  # scaled by swscale, else cropped
         decode = decode if turns % 2 == 0 else decode[::-1]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         time_base = stream.time_base or 1 / rate
         frames = stream.frames or round(float(container.duration or 0) / 1e6 * rate)
         audio = [s.codec_context.name for s in container.streams.audio if s.codec_context is not None]
-        colour = {name: int(getattr(first, name)) for name in ("colorspace", "color_range", "color_primaries",
-                                                               "color_trc")}
+        colour = {name: int(getattr(first, name, 0) or 0)  # (older PyAV lacks primaries and transfer)
+                  for name in ("colorspace", "color_range", "color_primaries", "color_trc")}
         return VideoInfo(path, _container(path, audio), size, decode, turns, Fraction(time_base),
                          Fraction(rate), int(frames), colour)
 
@@ -209,14 +210,15 @@ def _check_truncation(errors: list, path: Path) -> None:
 
 @contextlib.contextmanager
 def _ffmpeg_errors():
-    """The (level, name, message) FFmpeg logs in this thread meanwhile (errors at least)."""
+    """The (level, name, message) errors FFmpeg logs meanwhile, from any thread (its decoders run their own):
+    collected here rather than printed, since a damaged file can log one per frame."""
     import av.logging
 
     level = av.logging.get_level()
     if level is None or level < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
     try:
-        with av.logging.Capture(True) as logs:
+        with av.logging.Capture(False) as logs:
             yield logs
     finally:
         av.logging.set_level(level)
@@ -282,17 +284,20 @@ class SegmentWriter:
             self.output.close()
 
 
-def remux(info: VideoInfo, segments: list[tuple[Path, int]], target: Path) -> None:
-    """Write ``target`` (already a temporary name): the video of ``segments`` ((file, first pts) in order)
-    joined, and the input's audio and subtitle packets copied unchanged, all interleaved by time."""
+def remux(info: VideoInfo, segments: list[Path], target: Path) -> None:
+    """Write ``target`` (already a temporary name): the video of the segment files joined, and the input's
+    audio and subtitle packets copied unchanged, all interleaved by time; its chapters and main tags kept."""
     import av
 
     with open_input(info.path) as source, av.open(str(target), "w", format=CONTAINERS[info.suffix]) as output:
-        with av.open(str(segments[0][0])) as first:
+        with av.open(str(segments[0])) as first:
             video = output.add_stream_from_template(first.streams.video[0])
+        video.codec_context.framerate = info.rate  # the nominal rate (MKV's default duration)
         copies = _copied_streams(source, output, info)
         output.metadata.update({k: v for k, v in source.metadata.items() if k in ("title", "creation_time",
                                                                                  "comment", "location")})
+        if source.chapters():
+            output.set_chapters(source.chapters())
         output.start_encoding()
         packets = [_segment_packets(segments, video, info)]
         if copies:
@@ -320,28 +325,32 @@ def _copied_streams(source, output, info: VideoInfo) -> dict[int, object]:
     return copies
 
 
-def _segment_packets(segments: list[tuple[Path, int]], video, info: VideoInfo
-                     ) -> Iterator[tuple[float, int, object]]:
-    """The segments' video packets in the output stream's time base, each lasting until the next frame.
+def _segment_packets(segments: list[Path], video, info: VideoInfo) -> Iterator[tuple[float, int, object]]:
+    """The segments' video packets, in the output stream's time base, with decode times and durations redone.
 
-    Each segment starts with its own encoder, whose first decode times reach back
-    before its first frame (B-frame delay) and may overlap the previous segment's
-    last ones; they are moved just past those (still before each packet's pts).
-    MP4 keeps no per-frame durations, so they are set here from the frames' times
-    (the last frame lasts one nominal frame).
+    Each segment comes from its own encoder, whose decode times reach back before
+    its first frame by its own B-frame delay (a short last segment may have none):
+    joined as they are, they would overlap or leave gaps. Instead, with D the
+    largest reordering of the whole stream, packet i decodes at the (i - D)-th
+    frame time, which keeps every decode time before its frame's and makes each
+    step one frame's duration (what MP4 stores as sample durations). A frame lasts
+    until the next one (the last, one nominal frame).
     """
-    base, last = video.time_base, None
-    starts = [first_pts * info.time_base for _, first_pts in segments[1:]]
-    for (path, _), after in zip(segments, [*starts, None]):
-        times = sorted(_segment_times(path))
-        end = after if after is not None else times[-1] + info.step * info.time_base
-        until = dict(zip(times, [*times[1:], end]))
-        for packet, time in _demuxed(path):
-            pts, dts = round(time / base), round(packet.dts * packet.time_base / base)
-            dts = min(pts, dts if last is None else max(dts, last + 1))
-            packet.pts, packet.dts, packet.time_base, packet.stream = pts, dts, base, video
-            packet.duration = max(0, round(until[time] / base) - pts)
-            last = dts
+    base = video.time_base
+    times = [round(time / base) for path in segments for time in _segment_times(path)]  # decode order
+    order = sorted(times)
+    rank = {pts: position for position, pts in enumerate(order)}
+    delay = max(index - rank[pts] for index, pts in enumerate(times))
+    step = max(1, round(info.step * info.time_base / base))
+    ends = [*order[1:], order[-1] + step]
+    index = 0
+    for path in segments:
+        for packet, _ in _demuxed(path):
+            pts = times[index]
+            dts = order[index - delay] if index >= delay else order[0] - (delay - index) * step
+            packet.pts, packet.dts, packet.duration = pts, dts, ends[rank[pts]] - pts
+            packet.time_base, packet.stream = base, video
+            index += 1
             yield float(dts * base), 0, packet
 
 
@@ -361,11 +370,9 @@ def _segment_times(path: Path) -> list[Fraction]:
 
 def _source_packets(source, copies: dict[int, object]) -> Iterator[tuple[float, int, object]]:
     """The input's packets of the copied streams, as they are, each pointed at its output stream."""
-    when = 0.0
     for packet in source.demux(*[source.streams[index] for index in copies]):
-        if packet.dts is None and packet.pts is None:
-            continue
         stamp = packet.dts if packet.dts is not None else packet.pts
-        when = float(stamp * packet.time_base)
+        if stamp is None:  # the demuxer's end-of-stream marker
+            continue
         packet.stream = copies[packet.stream.index]
-        yield when, 1, packet
+        yield float(stamp * packet.time_base), 1, packet

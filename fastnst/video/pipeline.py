@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +48,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fastnst.errors import FileError, first_line
-from fastnst.files import atomic_path, remove_temporaries_of
+from fastnst.files import atomic_path, lock_folder, remove_temporaries_of, show_path, walk_files
 from fastnst.stylize.inputs import is_inside, prepare_output_dir
-from fastnst.stylize.pipeline import open_report
+from fastnst.stylize.pipeline import LOCK_NAME, StylizeReport, tally
 from fastnst.stylize.stylizer import Stylizer
 from fastnst.video import io
 from fastnst.video.config import VideoConfig
@@ -64,14 +64,8 @@ _PIXEL_OPTIONS = ("backend", "device", "dtype", "style", "style_mix", "strength"
                   "max_size", "crf", "preset", "temporal_blend")
 
 
-@dataclass
-class VideoReport:
-    """What a run did: videos written and skipped (already there), and each failure with its reason."""
-
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
-    report_path: Path | None = None
+# A video run counts like a photo run: outputs written, skipped (already there), failures with their reasons.
+VideoReport = StylizeReport
 
 
 @dataclass(frozen=True)
@@ -114,12 +108,18 @@ def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> Vide
 
         import_cv2()
     output_dir = prepare_output_dir(config.output_dir)
-    jobs, failures = discover(config.inputs, output_dir)
-    stylizer = stylizer or Stylizer(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                                    strength=config.strength, preserve_color=config.preserve_color,
-                                    style=config.style, style_mix=config.style_mix, stroke_scale=config.stroke_scale)
+    with lock_folder(output_dir, LOCK_NAME):  # the lock ``fastnst stylize`` takes: one run writes a folder at a time
+        jobs, failures = discover(config.inputs, output_dir)
+        stylizer = stylizer or Stylizer(config.model, backend=config.backend, device=config.device,
+                                        dtype=config.dtype, strength=config.strength,
+                                        preserve_color=config.preserve_color, style=config.style,
+                                        style_mix=config.style_mix, stroke_scale=config.stroke_scale)
+        return _run(config, stylizer, jobs, failures)
+
+
+def _run(config: VideoConfig, stylizer: Stylizer, jobs: list[Job], failures: list[tuple[str, str]]) -> VideoReport:
     report = VideoReport(report_path=Path(config.report) if config.report else None)
-    with open_report(report.report_path) as records, _Engine(config, stylizer, jobs) as engine:
+    with _report_file(report.report_path) as records, _Engine(config, stylizer, jobs) as engine:
         for source, reason in failures:
             _tally(report, records, Record(source, None, "failed", reason))
         for job in jobs:
@@ -127,53 +127,54 @@ def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> Vide
     return report
 
 
+@contextlib.contextmanager
+def _report_file(path: Path | None):
+    """The report, one JSON line per input, written under a temporary name and renamed when the run ends."""
+    if path is None:
+        yield None
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii") as handle:
+        yield handle
+
+
 def _tally(report: VideoReport, records, record: Record) -> None:
-    if record.status == "done":
-        report.done += 1
-    elif record.status == "skipped":
-        report.skipped += 1
-    else:
-        report.failed.append((record.input, record.reason))
-        log.warning("%s: %s", record.input, record.reason)
+    tally(report, record)
     if records is not None:
         records.write(record.to_json() + "\n")
 
 
 def discover(inputs: tuple[str, ...], output_dir: Path) -> tuple[list[Job], list[tuple[str, str]]]:
-    """The videos ``inputs`` name (files, and folders searched recursively, mirrored under ``output_dir``),
-    and the inputs refused before reading. A file of any suffix is tried; folders yield ``io.VIDEO_SUFFIXES``."""
+    """The videos ``inputs`` name and the inputs refused before reading (input, reason), as ``fastnst stylize``
+    finds photos: a file of any suffix is tried; a folder's videos (``io.VIDEO_SUFFIXES``, found by
+    ``fastnst.files.walk_files``) mirror its tree, directly under ``output_dir`` when it is the only input."""
     jobs, failures, owners = [], [], {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            base = Path(path.resolve().name)
-            pairs = [(source, base / source.relative_to(path)) for source in _videos_below(path, output_dir)]
-            if not pairs:
+            if is_inside(path, output_dir):
+                failures.append((item, f"this folder is inside the output folder {show_path(output_dir)}; choose "
+                                       "an output folder outside it"))
+                continue
+            files, unreadable = walk_files(path, io.is_video_file, output_dir)
+            failures += [(str(folder), f"cannot list this folder ({why})") for folder, why in unreadable]
+            if not files and not unreadable:
                 failures.append((item, f"the folder holds no video file ({' '.join(io.VIDEO_SUFFIXES)})"))
+            base = Path() if len(inputs) == 1 else Path(path.resolve().name)
+            pairs = [(source, base / source.relative_to(path)) for source in files]
         else:
             pairs = [(path, Path(path.name))]
         for source, relative in pairs:
             target = output_dir / relative.with_suffix(io.output_suffix(source))
             previous = owners.setdefault(target, source)
             if previous is not source:
-                failures.append((str(source), f"its output {target} is already the output of {previous}; "
-                                              "stylize one of them separately"))
+                failures.append((str(source), f"its output {show_path(target)} is already the output of "
+                                              f"{show_path(previous)}; stylize one of them separately"))
             elif not is_inside(target.parent, output_dir):
-                failures.append((str(source), f"its output {target} would lie outside the output folder "
-                                              f"{output_dir}"))
+                failures.append((str(source), f"its output {show_path(target)} would lie outside the output "
+                                              f"folder {show_path(output_dir)}"))
             else:
                 jobs.append(Job(source, target))
     return jobs, failures
-
-
-def _videos_below(folder: Path, exclude: Path) -> list[Path]:
-    """Video files below ``folder``, sorted, leaving out hidden names, temporaries and the output folder."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if (path.is_file() and io.is_video_file(path) and not is_inside(path, exclude)
-                and not any(part.startswith(".") for part in path.relative_to(folder).parts)):
-            found.append(path)
-    return found
 
 
 class _Stop(Exception):
@@ -293,7 +294,8 @@ class _Engine:
         skip = done[-1].end if done else 0
         if skip:
             log.info("%s: resuming after %d finished segment(s) (%d frames)", info.path, len(done), skip)
-        depth = 2 * self.batch_size * self.streams
+        # Frames in memory: up to ``depth`` decoded, ``streams + 1`` batches computing, ``depth`` to be written.
+        depth = self.batch_size * self.streams + 2
         decoded, styled = queue.Queue(depth), queue.Queue(depth)
         stages = _Stages()
         with _progress(info, skip, self.show) as bar:
@@ -310,7 +312,7 @@ class _Engine:
             stages.join()
         segments = work.finished()
         with atomic_path(target) as tmp:
-            io.remux(info, [(work.segment_path(s.index), s.first_pts) for s in segments], tmp)
+            io.remux(info, [work.segment_path(s.index) for s in segments], tmp)
         return (segments[-1].end if segments else 0), skip
 
     def _read(self, stages: _Stages, info: io.VideoInfo, skip: int, decoded: queue.Queue) -> None:
@@ -353,7 +355,7 @@ class _Engine:
         size = self._segment_frames(info)
         item = stages.get(styled)
         while item is not _END:
-            number, first, first_pts, count = item[0] // size, item[0], item[1], 0
+            number, first, count, last_pts = item[0] // size, item[0], 0, 0
             with atomic_path(work.segment_path(number)) as tmp:
                 writer = io.SegmentWriter(tmp, info, self.config.crf, self.config.preset)
                 try:
@@ -367,7 +369,7 @@ class _Engine:
                     writer.abort()
                     raise
                 writer.close()
-            work.finish(Segment(number, first, count, first_pts, last_pts), blender.state() if blender else {})
+            work.finish(Segment(number, first, count, last_pts), blender.state() if blender else {})
         if blender is not None and blender.cuts:
             log.info("%s: %d scene cut(s): the temporal blend started afresh there", info.path, blender.cuts)
 

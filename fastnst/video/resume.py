@@ -7,7 +7,7 @@ For ``OUT_DIR/clip.mp4`` it is ``OUT_DIR/.clip.mp4.fastnst-parts/`` and holds:
   later run with anything different starts the video over;
 * ``segment-000003.mp4``: the stylized frames of segment 3, H.264;
 * ``segment-000003.json``: written last, so its presence means the segment is
-  finished: its first frame index, frame count, first and last pts;
+  finished: its first frame index, frame count and last pts;
 * ``state-000003.npz``: what the temporal blend needs to continue after segment 3
   (the last input frame in grey and the last output frame), written before the
   segment's ``.json``.
@@ -36,13 +36,11 @@ SUFFIX = ".fastnst-parts"
 
 @dataclass(frozen=True)
 class Segment:
-    """One finished segment: frames ``first`` .. ``first + frames - 1``, shown from ``first_pts`` to ``last_pts``
-    (input time-base ticks)."""
+    """One finished segment: frames ``first`` .. ``first + frames - 1``; ``last_pts`` its last frame's pts."""
 
     index: int
     first: int
     frames: int
-    first_pts: int
     last_pts: int
 
     @property
@@ -94,8 +92,7 @@ class WorkFolder:
         if state:
             with atomic_path(self.path / f"state-{segment.index:06d}.npz") as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, **state)
-        record = {"first": segment.first, "frames": segment.frames, "first_pts": segment.first_pts,
-                  "last_pts": segment.last_pts}
+        record = {"first": segment.first, "frames": segment.frames, "last_pts": segment.last_pts}
         with atomic_path(self.path / f"segment-{segment.index:06d}.json") as tmp:
             tmp.write_text(json.dumps(record), encoding="utf-8")
         old = self.path / f"state-{segment.index - 1:06d}.npz"
