@@ -18,13 +18,21 @@ from fastnst.files import TEMP_MARKER
 import image_corpus as corpus
 from conftest import REPO
 
-SUBCOMMANDS = ["info", "convert", "stylize"]
+SUBCOMMANDS = ["info", "convert", "stylize", "train", "export", "optimize", "score", "video", "serve"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_help_for_every_subcommand(command, capsys):
     assert main([command, "--help"]) == 0
     assert f"usage: fastnst {command}" in capsys.readouterr().out
+
+
+def test_stylize_help_states_where_outputs_go(capsys):
+    assert main(["stylize", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "one folder given, its tree goes directly under OUT_DIR (holiday/ -o styled/ writes " \
+           "styled/IMG_1.jpg)" in text
+    assert "several inputs keep their own top folders" in text and "Inputs are never overwritten" in text
 
 
 def test_usage_errors_exit_2(capsys):

@@ -282,13 +282,17 @@ def test_only_the_documented_decoders_run(tmp_path, model_file, capsys):
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     heic = tmp_path / "IMG_0001.HEIC"
     heic.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "clip.avif").write_bytes(b"\x00\x00\x00\x1cftypavif")
+    (tmp_path / "DSC_0003.NEF").write_bytes(b"MM\x00*" + bytes(60))
     apple = tmp_path / "._IMG_0002.jpg"  # macOS AppleDouble metadata: skipped like any dot-file
     apple.write_bytes(b"\x00\x05\x16\x07")
     good = corpus.make_rgb(tmp_path, "good.png")
     code = main(stylize("-m", str(model_file), str(tmp_path), "-o", str(tmp_path / "out")))
     err = capsys.readouterr().err
     lines = one_line_per_problem(err)
-    assert code == 1 and len(lines) == 2 and "done 1, skipped 0 (already there), failed 2" in err
+    assert code == 1 and len(lines) == 4 and "done 1, skipped 0 (already there), failed 4" in err
+    assert any("clip.avif" in line and "AVIF is not a format fastnst reads" in line for line in lines)
+    assert any("DSC_0003.NEF" in line and "Nikon RAW is not a format fastnst reads" in line for line in lines)
     assert any("photo.jpg" in line and "not an image in a format fastnst reads" in line for line in lines)
     assert any("IMG_0001.HEIC" in line and "HEIC is not a format fastnst reads" in line for line in lines)
     assert (tmp_path / "out" / good.name).is_file()
@@ -433,17 +437,19 @@ def test_sixteen_bit_images_are_scaled_without_a_float_copy():
     assert np.array_equal(rgb, np.round(values.astype(np.float64) / 257.0).astype(np.uint8))
 
 
-def test_encoder_limits_are_found_before_the_compute(tmp_path, model_file, capsys, monkeypatch):
+@pytest.mark.parametrize("width, fmt", [(17000, "webp"), (66000, "jpg")])  # WebP holds 16383 a side, JPEG 65535
+def test_encoder_limits_are_found_before_the_compute(tmp_path, model_file, capsys, monkeypatch, width, fmt):
     wide = tmp_path / "wide.png"
-    Image.new("RGB", (17000, 8), (90, 120, 200)).save(wide)
+    Image.new("RGB", (width, 8), (90, 120, 200)).save(wide)
     import fastnst.backends.torch as torch_backend
 
     runs = []
     real = torch_backend.TorchBackend.run
     monkeypatch.setattr(torch_backend.TorchBackend, "run", lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
-    assert main(stylize("-m", str(model_file), str(wide), "-o", str(tmp_path / "out"), "--format", "webp")) == 1
+    assert main(stylize("-m", str(model_file), str(wide), "-o", str(tmp_path / "out"), "--format", fmt)) == 1
     lines = one_line_per_problem(capsys.readouterr().err)
-    assert len(lines) == 1 and "larger than WEBP can hold" in lines[0] and runs == []
+    name = {"webp": "WEBP", "jpg": "JPEG"}[fmt]
+    assert len(lines) == 1 and f"larger than {name} can hold" in lines[0] and runs == []
 
 
 def test_info_prints_a_model_whose_name_is_not_utf8(tmp_path, model_file):
