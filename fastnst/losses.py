@@ -103,8 +103,8 @@ def warp(images: torch.Tensor, theta: torch.Tensor, padding: str = "zeros") -> t
     """``images`` (B, C, H, W) moved by ``theta`` (B, 2, 3), bilinear; and a (B, 1, H, W) mask of the output pixels
     whose source lies inside the image (1) rather than off its edge (0; filled per ``padding``)."""
     theta = theta.to(device=images.device, dtype=torch.float32)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    with torch.autocast(device_type=images.device.type, enabled=False):
+    with torch.autocast(device_type=images.device.type, enabled=False):  # sampling positions need fp32
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
     # Inside means between the outermost pixel centres, where bilinear sampling reads no padding.
     limit = grid.new_tensor([1 - 1 / images.shape[-1], 1 - 1 / images.shape[-2]])

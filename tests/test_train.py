@@ -245,6 +245,19 @@ def test_the_temporal_term_teaches_the_network_to_follow_motion(setup):
         with torch.no_grad():
             errors[config.output] = temporal_loss(net(photos), net(moved), theta).item()
     assert errors[steady.output] < 0.7 * errors[plain.output], errors
+    # Under bf16 autocast too (the motion's sampling grid stays fp32).
+    history = run(make_config(setup, "steady-bf16", steps=2, amp="bf16", temporal_weight=3e4))
+    assert all(np.isfinite(m["temporal"]) and m["temporal"] > 0 for _, m in history)
+
+
+def test_a_style_can_be_retrained_under_its_own_name_on_its_own_model(setup):
+    """--init a model and the same style image again (e.g. fine-tuning it with --temporal-weight): the output is
+    that style alone under its own name; keeping the init model's styles too would repeat the name: refused."""
+    first = fit(make_config(setup, "first"))
+    again = fit(make_config(setup, "again", init=str(first), steps=1))
+    assert read_info(again).styles == read_info(first).styles == ("style",)
+    with pytest.raises(ConfigError, match="style appear more than once"):
+        fit(make_config(setup, "both", init=str(first), steps=1, keep_init_styles=True))
 
 
 def test_lr_decay_follows_the_schedule(setup):

@@ -162,7 +162,7 @@ class TrainingRun:
     def _networks(self) -> None:
         config, spec, device = self.config, self.config.loss, self.device
         self.model, self.names, first_new = training_network(get_spec(config.spec), style_names(
-            config.style, config.style_names), config.init)
+            config.style, config.style_names), config.init, config.keep_init_styles)
         self.model = self.model.to(device)
         self.vgg = load_loss_network(spec, device)
         self.content_vgg = _content_network(self.vgg, spec)

@@ -66,19 +66,25 @@ def target_grams(vgg: torch.nn.Module, paths: Sequence[str], style_size: int | N
     return style_targets(vgg, images, spec)
 
 
-def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | None
+def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | None, keep_init: bool = False
                      ) -> tuple[TransformerNet, tuple[str, ...], int]:
     """The network a run trains, all its style names, and the index of its first trained style.
 
     Without ``init``: a fresh ``spec`` network carrying ``names`` (0). With
     ``init``: that model file's network grown by ``names`` (its own spec wins),
-    the first new style's index being its old style count.
+    the first new style's index being its old style count. The new names must
+    differ from the init model's only when its styles are kept in the output
+    (``keep_init``); otherwise a clashing old name is marked ``NAME (init)``, so
+    a style can be retrained under its own name.
     """
     if init is None:
         return TransformerNet(spec.with_styles(len(names))), names, 0
     base, info = load_model(init)
     old = model_style_names(info.styles, base.spec.num_styles)
-    check_unique(old + names)
+    if keep_init:
+        check_unique(old + names)
+    else:
+        old = tuple(f"{name} (init)" if name in names else name for name in old)
     log.info("adding style(s) %s to %s (styles %s); only their norm rows train", ", ".join(names), init,
              ", ".join(old))
     return add_styles(base, len(names)), old + names, base.spec.num_styles
