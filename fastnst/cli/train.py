@@ -70,7 +70,7 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                         help=f"passes over the photos (default {DEFAULT_EPOCHS} when --steps is not given)")
     p.add_argument("--temporal-weight", type=float, default=0.0, metavar="W",
                    help="for video: also stylize a slightly moved, noisy copy of each batch and penalise where its "
-                        "stylization differs from the moved stylization (less flicker; about 1.3x the step time; "
+                        "stylization differs from the moved stylization (less flicker; about 1.4x the step time; "
                         "default 0: off; see docs/recipe.md for values)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none",
