@@ -115,11 +115,6 @@ def probe_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
-def is_temporary(path: str | Path) -> bool:
-    """Whether ``path`` is one of fastnst's temporary files (``atomic_path``'s or a probe)."""
-    return Path(path).name.startswith(TEMP_MARKER)
-
-
 def remove_stale_temporaries(folder: str | Path, owned=None) -> int:
     """Delete temporary files a killed run left in ``folder`` (recursively); return how many.
 
@@ -140,9 +135,10 @@ def remove_stale_temporaries(folder: str | Path, owned=None) -> int:
 def remove_temporaries_of(*targets: Path) -> None:
     """Delete the temporaries a killed run left while writing ``targets`` (a checkpoint, a model file)."""
     for target in targets:
-        for tmp in target.parent.glob(f"{TEMP_MARKER}{target.stem}-*{target.suffix}"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        for tmp in target.parent.glob(TEMP_MARKER + "*"):
+            if final_name(tmp) == target:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
 
 def final_name(tmp: Path) -> Path | None:

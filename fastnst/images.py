@@ -175,6 +175,11 @@ def to_pil(tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def stack_pixels(arrays) -> np.ndarray:
+    """(B, H, W, 3) from B same-size (H, W, 3) arrays; a single one is a view, not a copy (the CPU's batch of one)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
 def to_uint8(image):
     """Float image in 0–1 (any shape; numpy array or torch tensor) → uint8 0–255 of the same kind and shape.
 

@@ -53,10 +53,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fastnst.device import cpu_count
 from fastnst.errors import ConfigError, FastNSTError, first_line
+from fastnst.images import stack_pixels
 from fastnst.stylize.config import DEFAULT_GPU_BATCH, StylizeConfig
 from fastnst.stylize.inputs import Job, prepare_output_dir, remove_temporaries
 from fastnst.stylize.photo import Record, decode, encode, failure_reason, is_complete, stylize_job
@@ -200,7 +199,7 @@ class PhotoWorker:
         """One forward pass over photos of one size, then their writes: index → record."""
         height, width = members[0][2].shape[:2]
         try:
-            styled = self.stylizer.stylize_pixels(np.stack([m[2] for m in members]))  # (B, H, W, 3) uint8
+            styled = self.stylizer.stylize_pixels(stack_pixels([m[2] for m in members]))  # (B, H, W, 3) uint8
         except (RuntimeError, MemoryError, FastNSTError) as exc:  # e.g. out of GPU memory: lose this batch only
             return {i: Record(str(job.source), None, "failed", failure_reason(exc, "computing", job))
                     for i, job, _ in members}

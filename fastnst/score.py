@@ -29,7 +29,16 @@ from PIL import Image
 from fastnst.device import DEVICE_CHOICES, resolve_device
 from fastnst.errors import ConfigError, ImageError
 from fastnst.images import DEFAULT_MAX_PIXELS, open_image, resize_to, scaled_size, to_tensor
-from fastnst.losses import LossSpec, check_image_size, content_targets, perceptual_losses, style_targets
+from fastnst.losses import (
+    LossSpec,
+    check_image_size,
+    content_targets,
+    downscale,
+    perceptual_losses,
+    scale_key,
+    style_loss,
+    style_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +163,11 @@ def style_ratios(vgg: torch.nn.Module, stylized: torch.Tensor, photo: torch.Tens
     """
     ratios = {}
     with torch.no_grad():
+        grams = style_targets(vgg, [style], spec)  # every scale's Grams at once
         for scale in spec.style_scales:
-            one = replace(spec, style_scales=(scale,), content_weight=0.0, style_weight=1.0, tv_weight=0.0)
-            grams = style_targets(vgg, [style], one)
-            content = content_targets(vgg, photo, one)
-            ours = perceptual_losses(vgg, stylized, content, grams, one)["style"]
-            reference = perceptual_losses(vgg, photo, content, grams, one)["style"]
+            targets = {layer: grams[scale_key(layer, scale)] for layer in spec.style_layers}
+            ours, reference = (style_loss(vgg(downscale(image, scale)), targets, spec.style_layers)
+                               for image in (stylized, photo))
             ratios[scale] = float(ours / reference)
     return ratios
 

@@ -41,7 +41,7 @@ import torch
 
 from fastnst.checkpoint import load_model
 from fastnst.files import atomic_path
-from fastnst.images import load_style_image, open_image, resize_to, save_image, scaled_size, to_tensor
+from fastnst.images import load_style_image, resize_to, save_image, scaled_size
 from fastnst.losses import style_targets
 from fastnst.optimize import OptimizeConfig, optimize
 from fastnst.pretrained import load_loss_network
@@ -56,9 +56,8 @@ BAR_RATIO = 0.10
 
 
 def photo_tensor(path: str | Path, long_side: int) -> torch.Tensor:
-    """A photo with its long side at ``long_side`` px, (1, 3, H, W) in 0–1."""
-    image = open_image(path)
-    return to_tensor(resize_to(image, scaled_size(*image.size, long_side)))[None]
+    """A photo with its long side at ``long_side`` px, (1, 3, H, W) in 0–1: the style images' resize rule."""
+    return load_style_image(path, long_side)
 
 
 def stylized(model, photo: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ import numpy as np
 from fastnst.backends import BACKENDS
 from fastnst.backends.graph_cache import cache_dir, cached_onnx
 from fastnst.backends.onnx_graph import OnnxGraphBackend, read_onnx
-from fastnst.device import check_device, cpu_count, cpuinfo
+from fastnst.device import check_device, cpu_count
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError, first_line
 from fastnst.onnx_format import INPUT_NAME, info_from_metadata
 
@@ -105,12 +105,6 @@ def cpu_capabilities() -> frozenset[str]:
 
 def cpu_name() -> str:
     return str(core().get_property("CPU", "FULL_DEVICE_NAME"))
-
-
-@lru_cache(maxsize=1)
-def has_amx() -> bool:
-    """Whether the CPU has AMX bf16 tiles (Linux ``/proc/cpuinfo`` flag ``amx_bf16``; False where unknown)."""
-    return "amx_bf16" in (cpuinfo("flags") or "").split()
 
 
 def default_dtype() -> str:

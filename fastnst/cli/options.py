@@ -144,10 +144,9 @@ def loss_spec(args: argparse.Namespace):
     """A ``LossSpec`` from the options of ``add_loss_options``; unset options keep the defaults."""
     from fastnst.losses import LossSpec
 
-    given = {name: getattr(args, name) for name in ("content_layers", "style_layers", "content_weight",
-                                                     "style_weight", "tv_weight", "style_scales")}
-    return LossSpec(vgg=args.vgg or "vgg16", vgg_weights=args.vgg_weights, vgg_flavour=args.vgg_flavour or "auto",
-                    **{k: v for k, v in given.items() if v is not None})
+    given = {name: getattr(args, name) for name in ("vgg", "vgg_flavour", "content_layers", "style_layers",
+                                                     "content_weight", "style_weight", "tv_weight", "style_scales")}
+    return LossSpec(vgg_weights=args.vgg_weights, **{k: v for k, v in given.items() if v is not None})
 
 
 def per_style_weights(args: argparse.Namespace, names: Sequence[str]) -> tuple[float | None, tuple[float, ...]]:

@@ -44,9 +44,9 @@ import numpy as np
 
 from fastnst.checkpoint import read_info
 from fastnst.errors import ConfigError, FastNSTError, first_line
+from fastnst.images import stack_pixels
 from fastnst.serve.config import ServeConfig
 from fastnst.styles import parse_style_mix, resolve_style
-from fastnst.stylize.config import DEFAULT_GPU_BATCH
 from fastnst.stylize.stylizer import Stylizer
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Engine:
         concurrent = all(m.stylizer.backend.concurrent for m in models.values())
         streams = config.workers or max(m.stylizer.backend.default_streams for m in models.values())
         self.workers = streams if on_cpu and concurrent else 1
-        self.batch_size = config.batch_size or (1 if on_cpu else DEFAULT_GPU_BATCH)
+        self.batch_size = config.batch_size or first.default_batch_size
         self.metrics = Metrics()
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=config.queue_size)
         self._threads: list[threading.Thread] = []
@@ -267,7 +267,7 @@ class Engine:
         """Stylize jobs of equal key in one pass: (B, H, W, 3) uint8."""
         first = group[0]
         view = stylizer_view(first.model.stylizer, first.options)
-        return view.stylize_pixels(np.stack([job.pixels for job in group]))
+        return view.stylize_pixels(stack_pixels([job.pixels for job in group]))
 
 
 def _settle(job: Job, result: np.ndarray | None = None, exc: BaseException | None = None) -> None:

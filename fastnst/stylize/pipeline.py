@@ -39,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fastnst.device import torchrun_rank
 from fastnst.errors import FastNSTError
 from fastnst.files import atomic_path, lock_folder, show_path
+from fastnst.images import stack_pixels
 from fastnst.stylize.config import StylizeConfig
 from fastnst.stylize.inputs import Job, Shard, discover, prepare_output_dir, remove_temporaries, resolve_shard
 from fastnst.stylize.photo import Record, decode, encode, failure_reason, is_complete
@@ -301,7 +302,7 @@ class _Run:
         """Stylize a batch of equal-size photos on a compute thread; a tiled photo runs alone (all cores)."""
         jobs = [job for job, _ in batch]
         arrays = [p for _, p in batch]
-        pixels = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # (B, H, W, 3) uint8
+        pixels = stack_pixels(arrays)  # (B, H, W, 3) uint8
         del arrays
         batch.clear()  # the decoded arrays now live in ``pixels`` only
         shape = tuple(pixels.shape[1:3])
@@ -309,12 +310,8 @@ class _Run:
         alone = tiles > 1  # a tiled photo's passes are each as large as memory allows: one at a time
         if alone:
             self._drain_compute(0)
-        self.computing.append((jobs, shape, tiles, self.compute.submit(self._run_network, pixels)))
+        self.computing.append((jobs, shape, tiles, self.compute.submit(self.stylizer.stylize_pixels, pixels)))
         self._drain_compute(0 if alone else self.streams)
-
-    def _run_network(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 → stylized (B, H, W, 3) uint8."""
-        return self.stylizer.stylize_pixels(pixels)
 
     def _drain_compute(self, keep: int) -> None:
         """Hand finished batches to the writers until at most ``keep`` are still computing."""

@@ -95,14 +95,14 @@ class StyleTargets:
 
     ``grams`` are the style images' Grams, (S, C, C) per layer for the S
     trained styles (network styles ``first:``); ``multi`` says whether the
-    network carries several styles, in which case ``draw(step, batch)`` gives
-    the one-hot style weights (B, N), each item's Grams (B, C, C) and its
-    style-loss weight (B,), and ``losses`` scores such a batch.
+    network carries several styles, in which case ``for_step(step, batch)``
+    gives the one-hot style weights (B, N), each item's Grams (B, C, C) and its
+    style-loss weight (B,), which ``fastnst.losses.perceptual_losses`` scores.
     """
 
     def __init__(self, vgg: torch.nn.Module, config, first: int, num_styles: int, spec: LossSpec,
                  device: torch.device, rank: int = 0) -> None:
-        self.spec, self.first, self.num_styles = spec, first, num_styles
+        self.first, self.num_styles = first, num_styles
         self.multi, self.frozen = num_styles > 1, config.init is not None
         self.grams = target_grams(vgg, config.style, config.style_size, spec, device)
         weights = config.style_weights or (spec.style_weight,) * len(config.style)

@@ -296,8 +296,9 @@ def remux(info: VideoInfo, segments: list[Path], target: Path) -> None:
         copies = _copied_streams(source, output, info)
         output.metadata.update({k: v for k, v in source.metadata.items() if k in ("title", "creation_time",
                                                                                  "comment", "location")})
-        if source.chapters():
-            output.set_chapters(source.chapters())
+        chapters = source.chapters()
+        if chapters:
+            output.set_chapters(chapters)
         output.start_encoding()
         packets = [_segment_packets(segments, video, info)]
         if copies:

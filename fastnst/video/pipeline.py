@@ -43,14 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fastnst.errors import FileError, first_line
 from fastnst.files import atomic_path, lock_folder, remove_temporaries_of, show_path, walk_files
-from fastnst.stylize.inputs import is_inside, prepare_output_dir
-from fastnst.stylize.pipeline import LOCK_NAME, StylizeReport, tally
+from fastnst.images import stack_pixels
+from fastnst.stylize.inputs import Job, is_inside, prepare_output_dir
+from fastnst.stylize.pipeline import LOCK_NAME, StylizeReport, open_report, tally
 from fastnst.stylize.stylizer import Stylizer
 from fastnst.video import io
 from fastnst.video.config import VideoConfig
@@ -87,14 +87,6 @@ class Record:
                           ensure_ascii=True)
 
 
-@dataclass(frozen=True)
-class Job:
-    """One video to stylize into ``target`` (whose suffix may still change to .mkv, see ``io.probe``)."""
-
-    source: Path
-    target: Path
-
-
 def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> VideoReport:
     """Stylize every video of ``config`` into ``config.output_dir``; bad inputs are reported, not fatal.
 
@@ -119,7 +111,7 @@ def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> Vide
 
 def _run(config: VideoConfig, stylizer: Stylizer, jobs: list[Job], failures: list[tuple[str, str]]) -> VideoReport:
     report = VideoReport(report_path=Path(config.report) if config.report else None)
-    with _report_file(report.report_path) as records, _Engine(config, stylizer, jobs) as engine:
+    with open_report(report.report_path) as records, _Engine(config, stylizer, jobs) as engine:
         for source, reason in failures:
             _tally(report, records, Record(source, None, "failed", reason))
         for job in jobs:
@@ -127,20 +119,10 @@ def _run(config: VideoConfig, stylizer: Stylizer, jobs: list[Job], failures: lis
     return report
 
 
-@contextlib.contextmanager
-def _report_file(path: Path | None):
-    """The report, one JSON line per input, written under a temporary name and renamed when the run ends."""
-    if path is None:
-        yield None
-        return
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii") as handle:
-        yield handle
-
-
 def _tally(report: VideoReport, records, record: Record) -> None:
     tally(report, record)
     if records is not None:
-        records.write(record.to_json() + "\n")
+        records.write(record)
 
 
 def discover(inputs: tuple[str, ...], output_dir: Path) -> tuple[list[Job], list[tuple[str, str]]]:
@@ -331,7 +313,7 @@ class _Engine:
             if item is not _END:
                 batch.append(item)
             if batch and (item is _END or len(batch) == self.batch_size):
-                pixels = np.stack([frame for _, _, frame in batch])
+                pixels = stack_pixels([frame for _, _, frame in batch])
                 pending.append((batch, self.compute.submit(self.stylizer.stylize_pixels, pixels)))
                 batch = []
             while pending and (item is _END or len(pending) > self.streams):

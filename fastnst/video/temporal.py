@@ -116,6 +116,8 @@ class TemporalBlender:
         """
         cv2 = self.cv2
         change = float(np.mean(np.abs(current.astype(np.int16) - previous)))
+        if change > CUT_GREY_CHANGE:  # a scene cut: no flow to compute
+            return pixel_grid(current.shape), None
         backward = self.dis.calc(current, previous, None)  # current pixel + backward = its place in previous
         forward = self.dis.calc(previous, current, None)
         source = pixel_grid(current.shape) + backward
@@ -126,7 +128,7 @@ class TemporalBlender:
         predecessor = cv2.remap(previous, source, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         steady = np.abs(predecessor.astype(np.int16) - current) <= MAX_GREY_CHANGE
         reliable = consistent & steady & inside(source, current.shape)
-        if change > CUT_GREY_CHANGE or reliable.mean() < MIN_RELIABLE:
+        if reliable.mean() < MIN_RELIABLE:
             return source, None
         weight = cv2.GaussianBlur(reliable.astype(np.float32), (0, 0), SOFTEN) * reliable
         height, width = shape
