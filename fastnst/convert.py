@@ -89,13 +89,10 @@ def convert_model(config: ConvertConfig) -> Path:
 
 def _selected(model, styles: Sequence[str], thumbnails: Sequence[str], select: Sequence[str]):
     """``model`` cut down to the styles ``select`` (names or indices): (network, names, thumbnails)."""
-    from fastnst.models.transformer import select_styles
-    from fastnst.styles import model_style_names, style_index
+    from fastnst.styles import model_style_names, pick_styles, style_index
 
     names = model_style_names(tuple(styles), model.spec.num_styles)
-    indices = [style_index(names, key, "--select") for key in select]
-    kept = tuple(thumbnails[i] for i in indices) if len(thumbnails) == len(names) else ()
-    return select_styles(model, indices), tuple(names[i] for i in indices), kept
+    return pick_styles(model, names, thumbnails, [style_index(names, key, "--select") for key in select])
 
 
 def merge_models(models: Sequence[tuple]):
@@ -108,31 +105,22 @@ def merge_models(models: Sequence[tuple]):
     """
     import torch
 
-    from fastnst.models.transformer import TransformerNet
+    from fastnst.models.transformer import norm_rows, with_norm_rows
 
     first, first_name = models[0]
-    norm_keys = {f"{name}.{p}" for name, _ in first.norm_layers() for p in ("weight", "bias")}
+    rows = [norm_rows(net) for net, _ in models]
     base = first.state_dict()
     for net, name in models[1:]:
         if (net.spec.channels, net.spec.num_residual) != (first.spec.channels, first.spec.num_residual):
             raise MergeError(f"cannot merge {first_name} and {name}: different network shapes "
                              f"({first.spec.to_dict()} vs {net.spec.to_dict()})")
         state = net.state_dict()
-        differing = next((k for k in base if k not in norm_keys and not torch.equal(base[k], state[k])), None)
+        differing = next((k for k in base if k not in rows[0] and not torch.equal(base[k], state[k])), None)
         if differing is not None:
             raise MergeError(
                 f"cannot merge {first_name} and {name}: their shared weights differ (e.g. {differing}); models "
                 "trained separately share no encoder/decoder, so one's styles cannot run on the other's. Train "
                 "one model with several --style images, or add a style to a model with "
                 "`fastnst train --init MODEL --style NEW.jpg`")
-    total = sum(net.spec.num_styles for net, _ in models)
-    merged = TransformerNet(first.spec.with_styles(total))
-    states = [net.state_dict() for net, _ in models]
-    new_state = {}
-    for key in merged.state_dict():
-        if key in norm_keys:
-            new_state[key] = torch.cat([s[key] if s[key].dim() == 2 else s[key][None] for s in states])
-        else:
-            new_state[key] = base[key]
-    merged.load_state_dict(new_state)
+    merged = with_norm_rows(first, {key: torch.cat([r[key] for r in rows]) for key in rows[0]})
     return merged.eval()

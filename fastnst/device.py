@@ -19,8 +19,10 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 def check_device(name: str) -> str:
     """``name`` if fastnst knows the device (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``auto``), else ``ConfigError``."""
-    if str(name).split(":", 1)[0] not in DEVICE_CHOICES:
-        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    kind, colon, index = str(name).partition(":")
+    if kind not in DEVICE_CHOICES or (colon and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)} "
+                          "(cuda:N for GPU N)")
     return str(name)
 
 

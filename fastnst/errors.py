@@ -29,6 +29,10 @@ class ConfigError(FastNSTError, ValueError):
     """An option or combination of options is invalid (CLI exit code 2)."""
 
 
+class UnknownName(ConfigError):
+    """A name (a style of a model, a served model) that is not there; the message lists what is (HTTP 404)."""
+
+
 class FileError(FastNSTError):
     """A file could not be used. ``str()`` is ``"<path>: <reason>"``."""
 

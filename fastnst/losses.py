@@ -233,13 +233,9 @@ class LossSpec:
     style_scales: tuple[float, ...] | str | None = None
 
     def __post_init__(self) -> None:
-        from fastnst.models.vgg import FLAVOURS, detect_flavour
+        from fastnst.models.vgg import resolve_flavour
 
-        flavour = self.vgg_flavour
-        if flavour == "auto":
-            flavour = detect_flavour(vgg_weights_source(self.vgg_weights))
-        elif flavour not in FLAVOURS:
-            raise ConfigError(f"unknown VGG weight flavour {flavour!r}; choose one of auto, {', '.join(FLAVOURS)}")
+        flavour = resolve_flavour(self.vgg_flavour, vgg_weights_source(self.vgg_weights))
         object.__setattr__(self, "vgg_flavour", flavour)
         for name, value in loss_defaults(self.vgg, flavour).items():
             if getattr(self, name) is None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fastnst.errors import ConfigError, WeightsError, first_line
+from fastnst.errors import WeightsError, first_line
 from fastnst.losses import VGG_WEIGHTS_ENV, LossSpec, vgg_weights_source
-from fastnst.models.vgg import FLAVOURS, VGGFeatures, detect_flavour  # noqa: F401 - re-exported
+from fastnst.models.vgg import FLAVOURS, VGGFeatures, detect_flavour, resolve_flavour  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,8 @@ def load_vgg(arch: str, layers: list[str] | tuple[str, ...], weights: str | Path
     Raises ``WeightsError`` (one line) when the file is missing or unreadable, lacks
     a layer the run needs, or the download fails.
     """
-    if flavour not in FLAVOUR_CHOICES:
-        raise ConfigError(f"unknown VGG weight flavour {flavour!r}; choose one of {', '.join(FLAVOUR_CHOICES)}")
     source = vgg_weights_source(weights)
-    if flavour == "auto":
-        flavour = detect_flavour(source)
+    flavour = resolve_flavour(flavour, source)
     net = VGGFeatures(arch, layers, flavour)
     if source is None:
         state, origin = _download(arch, flavour), URLS[(arch, flavour)]

@@ -58,7 +58,7 @@ from fastnst.errors import ConfigError, FastNSTError, first_line
 from fastnst.images import stack_pixels
 from fastnst.stylize.config import DEFAULT_GPU_BATCH, StylizeConfig
 from fastnst.stylize.inputs import Job, prepare_output_dir, remove_temporaries
-from fastnst.stylize.photo import Record, decode, encode, failure_reason, is_complete, stylize_job
+from fastnst.stylize.photo import Record, failure_reason, finish, prepare, stylize_job
 from fastnst.stylize.pipeline import StylizeReport, open_report, plan, tally
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,8 @@ class PhotoWorker:
             raise FastNSTError(str(exc)) from None
         self.config, self.output_dir = config, Path(output_dir)
         self.batch = config.batch_size or self.stylizer.default_batch_size
-        backend = self.stylizer.backend
-        streams = config.streams or max(1, min(backend.default_streams, cpus))
-        self.streams = streams if backend.concurrent and self.batch == 1 else 1
-        backend.set_streams(self.streams)
+        self.streams = self.stylizer.stream_count(config.streams, most=cpus) if self.batch == 1 else 1
+        self.stylizer.backend.set_streams(self.streams)
         # Streams: each thread runs whole photos. Batches: the threads decode and encode around the passes.
         self.pool = ThreadPoolExecutor(self.streams if self.batch == 1 else config.workers, "fastnst-ray")
 
@@ -176,7 +174,7 @@ class PhotoWorker:
         """Decode on threads, stylize equal sizes ``self.batch`` at a time, encode on threads; one record per job."""
         records: dict[int, Record] = {}
         groups: dict[tuple[int, int], list] = {}
-        for i, (job, pixels) in enumerate(zip(jobs, self.pool.map(self._decode, jobs))):
+        for i, (job, pixels) in enumerate(zip(jobs, self.pool.map(lambda job: prepare(job, self.config), jobs))):
             if isinstance(pixels, Record):
                 records[i] = pixels
             else:
@@ -185,15 +183,6 @@ class PhotoWorker:
             for start in range(0, len(members), self.batch):
                 records.update(self._pass(members[start:start + self.batch]))
         return [records[i] for i in range(len(jobs))]
-
-    def _decode(self, job: Job):
-        """The job's (H, W, 3) uint8 pixels, or its record when it is skipped or unreadable."""
-        if not self.config.overwrite and is_complete(job.target):
-            return Record(str(job.source), str(job.target), "skipped")
-        try:
-            return decode(job, self.config)
-        except Exception as exc:  # noqa: BLE001 - one odd file (a decoder bug) must not stop the library
-            return Record(str(job.source), None, "failed", failure_reason(exc, "decoding", job))
 
     def _pass(self, members: list) -> dict[int, Record]:
         """One forward pass over photos of one size, then their writes: index → record."""
@@ -204,17 +193,9 @@ class PhotoWorker:
             return {i: Record(str(job.source), None, "failed", failure_reason(exc, "computing", job))
                     for i, job, _ in members}
         tiles = self.stylizer.tiles(height, width)
-        written = self.pool.map(self._write, [(job, array) for (_, job, _), array in zip(members, styled)])
-        return {i: error or Record(str(job.source), str(job.target), "done", width=width, height=height, tiles=tiles)
-                for (i, job, _), error in zip(members, written)}
-
-    def _write(self, item) -> Record | None:
-        job, array = item
-        try:
-            encode(job, array, self.config, self.output_dir)
-        except Exception as exc:  # noqa: BLE001 - an encoder bug on one photo must not stop the library
-            return Record(str(job.source), None, "failed", failure_reason(exc, "encoding", job))
-        return None
+        records = self.pool.map(lambda item: finish(*item, self.config, self.output_dir, tiles),
+                                [(job, array) for (_, job, _), array in zip(members, styled)])
+        return dict(zip((i for i, _, _ in members), records))
 
 
 def jobs_dataset(jobs: list[Job]):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst.errors import ConfigError
+from fastnst.errors import ConfigError, UnknownName
 
 # -- names and choice -------------------------------------------------------------------------------
 
@@ -66,30 +66,33 @@ def parse_style_mix(text: str) -> dict[str, float]:
 
 
 def resolve_style(names: Sequence[str], style: int | str | None = None,
-                  mix: str | Mapping[str | int, float] | None = None) -> np.ndarray | None:
+                  mix: str | Mapping[str | int, float] | None = None, *,
+                  options: tuple[str, str] = ("--style", "--style-mix")) -> np.ndarray | None:
     """The style weights (N,) float32 a model with styles ``names`` should use, or None for its default.
 
     ``style`` is a name or an index (an ``int`` or a digit string); ``mix`` is
     ``"a=0.7,b=0.3"`` or a mapping of names or indices to weights >= 0, normalised
     to sum 1. Both None: None (the first style). Errors are one-line
-    ``ConfigError``s listing the model's styles.
+    ``ConfigError``s (``UnknownName`` for a style the model lacks, listing its
+    styles) naming ``options``, the two parameters as the caller calls them.
     """
+    style_option, mix_option = options
     if style is not None and mix is not None:
-        raise ConfigError("give --style or --style-mix, not both")
+        raise ConfigError(f"give {style_option} or {mix_option}, not both")
     if style is None and mix is None:
         return None
     n = len(names)
     if style is not None:
-        return np.eye(n, dtype=np.float32)[style_index(names, style, "--style")]
+        return np.eye(n, dtype=np.float32)[style_index(names, style, style_option)]
     items = parse_style_mix(mix) if isinstance(mix, str) else dict(mix)
     weights = np.zeros(n, dtype=np.float64)
     for key, value in items.items():
         value = float(value)
         if not value >= 0 or value == float("inf"):
-            raise ConfigError(f"--style-mix: weight {value} for {key!r}; weights must be finite and >= 0")
-        weights[style_index(names, key, "--style-mix")] += value
+            raise ConfigError(f"{mix_option}: weight {value} for {key!r}; weights must be finite and >= 0")
+        weights[style_index(names, key, mix_option)] += value
     if weights.sum() <= 0:
-        raise ConfigError("--style-mix: the weights sum to 0; give at least one positive weight")
+        raise ConfigError(f"{mix_option}: the weights sum to 0; give at least one positive weight")
     return (weights / weights.sum()).astype(np.float32)
 
 
@@ -99,7 +102,7 @@ def style_index(names: Sequence[str], key: int | str, option: str) -> int:
     if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
         if 0 <= int(key) < len(names):
             return int(key)
-    raise ConfigError(f"{option}: the model has no style {key!r}; its styles are {_listing(names)}")
+    raise UnknownName(f"{option}: the model has no style {key!r}; its styles are {_listing(names)}")
 
 
 def describe(weights, names: Sequence[str]) -> str:
@@ -110,3 +113,16 @@ def describe(weights, names: Sequence[str]) -> str:
     if len(parts) == 1:
         return parts[0][0]
     return " + ".join(f"{name} {w:.0%}" for name, w in parts)
+
+
+def pick_styles(model, names: Sequence[str], thumbnails: Sequence[str], indices: Sequence[int]):
+    """``model`` cut down to the styles ``indices`` (in that order), with their names and thumbnails.
+
+    Returns (network, names, thumbnails); the thumbnails are () when ``model``
+    did not have one per style. One index gives a single-style network that loads alone.
+    """
+    from fastnst.models.transformer import select_styles
+
+    indices = list(indices)
+    kept = tuple(thumbnails[i] for i in indices) if len(thumbnails) == len(names) else ()
+    return select_styles(model, indices), tuple(names[i] for i in indices), kept

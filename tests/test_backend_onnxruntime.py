@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fastnst.backends import Backend, backend_class, onnx_graph
-from fastnst.backends.onnxruntime import BackendInputError, OnnxRuntimeBackend, providers_for
+from fastnst.backends.onnxruntime import BackendInputError, OnnxRuntimeBackend, provider_device, providers_for
 from fastnst.backends.torch import TorchBackend
 from fastnst.checkpoint import load_model
 from fastnst.cli import main
@@ -146,7 +146,15 @@ def test_bad_files_and_devices(exports, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="MPS"):
         providers_for("mps")
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert providers_for("auto") == providers_for("cuda:0") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("auto") == providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # A torchrun rank's "cuda:1" must run on GPU 1, and the engine must size its tiles by GPU 1's memory.
+    pinned = providers_for("cuda:1")
+    assert pinned == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert [provider_device(p) for p in (pinned[0], "CUDAExecutionProvider", "CPUExecutionProvider")] == \
+        ["cuda:1", "cuda", "cpu"]
+    for bad in ("cuda:first", "cpu:0", "tpu"):
+        with pytest.raises(ConfigError, match=f"unknown device '{bad}'"):
+            providers_for(bad)
 
 
 def test_stylize_through_the_cli_with_the_onnxruntime_backend(exports, tmp_path, capsys):

@@ -302,6 +302,16 @@ def test_equal_sizes_are_batched_and_failures_stay_per_batch(tmp_path, light_net
         # of N differently from N single images in the last bit: hence batch size 1 on the CPU by default
 
 
+def test_one_streams_rule_requested_else_default_capped_and_one_unless_concurrent():
+    backend = TorchBackend(TransformerNet(), "cpu")
+    backend.default_streams = 4  # as OpenVINO on a 4-core CPU
+    stylizer = Stylizer(backend)
+    assert [stylizer.stream_count(None), stylizer.stream_count(None, most=2), stylizer.stream_count(None, most=0),
+            stylizer.stream_count(3, most=2)] == [4, 2, 1, 3]  # a request is taken as given
+    backend.compiled = True  # a compiled torch forward is not thread-safe
+    assert not backend.concurrent and stylizer.stream_count(None) == stylizer.stream_count(8) == 1
+
+
 def test_parallel_streams_match_one_stream_and_leave_the_thread_setting_alone(tmp_path, model_file):
     folder = tmp_path / "photos"
     folder.mkdir()

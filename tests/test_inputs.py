@@ -55,7 +55,7 @@ def test_globs_mirror_below_their_fixed_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "photos")
     assert _relative(discover(["*/*.*"], out), out) == ["a/anim.png", "a/mid.png"]
     nothing = discover([str(tmp_path / "photos" / "*.tga")], out)
-    assert not nothing.jobs and "matches no image" in nothing.failures[0][1]
+    assert not nothing.jobs and "matches no photo file" in nothing.failures[0][1]
 
 
 def test_missing_inputs_are_jobs_that_fail_when_read(tmp_path):
@@ -79,7 +79,9 @@ def test_names_cannot_lead_outside_the_output_folder(tmp_path, monkeypatch):
     (out / "photos").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "more").mkdir()  # two inputs: each folder's tree goes under its own name, out/photos/...
     escaped = discover([str(tmp_path / "photos"), str(tmp_path / "more")], out)
-    assert not escaped.jobs and "outside the output folder" in escaped.failures[0][1]
+    reasons = dict(escaped.failures)
+    assert not escaped.jobs and "outside the output folder" in reasons[str(tmp_path / "photos" / "q.jpg")]
+    assert reasons[str(tmp_path / "more")].startswith("the folder holds no photo file (readable suffixes: .jpg")
 
 
 def test_same_output_from_two_inputs_is_an_error_for_the_second(tmp_path):

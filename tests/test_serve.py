@@ -242,7 +242,7 @@ def test_a_multipart_body_without_the_image_field_is_400(client):
 
 @pytest.mark.parametrize("query, status, words", [
     ("model=nope", 404, "no model 'nope'; this server has light, duo"),
-    ("model=duo&style=sepia", 404, "no style 'sepia'; its styles are warm, cool"),
+    ("model=duo&style=sepia", 404, "model 'duo': style: the model has no style 'sepia'; its styles are 0=warm, 1=cool"),
     ("model=duo&style=7", 404, "no style '7'"),
     ("model=duo&style_mix=warm%3D1%2Csepia%3D1", 404, "no style 'sepia'"),
     ("model=duo&style=warm&style_mix=cool%3D1", 422, "not both"),

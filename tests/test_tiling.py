@@ -176,6 +176,31 @@ def test_default_tile_size_follows_free_memory_within_bounds(light_net, monkeypa
     assert Stylizer(light_net).tile_stats == "exact"  # torch can measure exact statistics
 
 
+def test_tiles_are_sized_by_the_memory_of_the_backend_s_own_gpu(light_net, monkeypatch):
+    """A torchrun rank's network sits on cuda:LOCAL_RANK: its tiles follow that GPU's free memory, not GPU 0's."""
+    import copy
+
+    from fastnst.backends.torch import TorchBackend
+    from fastnst.stylize import tiling as engine
+
+    free_per_gpu = {0: 2 * 2**30, 1: 20 * 2**30}  # GPU 0 nearly full, GPU 1 free
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        index = torch.device(device).index
+        return free_per_gpu[0 if index is None else index], 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert engine.free_memory("cuda:1") == free_per_gpu[1]
+    assert engine.free_memory(torch.device("cuda", 1)) == free_per_gpu[1]
+    assert engine.free_memory("cuda") == free_per_gpu[0]  # plain "cuda": the current GPU
+    rank_backend = copy.copy(TorchBackend(light_net, "cpu"))
+    rank_backend.device = torch.device("cuda", 1)  # as a rank's backend reports it; nothing runs here
+    assert Stylizer(rank_backend).tile_size == engine.default_tile_size("cuda:1") == 1408
+    assert engine.default_tile_size("cuda:0") == 1024
+
+
 def test_free_memory_reads_the_systems_available_memory():
     import os
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnst.errors import ConfigError, WeightsError
+from fastnst.losses import LossSpec
 from fastnst.models.vgg import CAFFE_FILE_NAMES, VGGFeatures, layer_names
 from fastnst.pretrained import ENV_VAR, URLS, detect_flavour, load_vgg
 
@@ -81,6 +82,11 @@ def test_loads_a_file_with_only_the_needed_layers(vgg_file):
     net = load_vgg("vgg19", ["relu1_1", "relu2_1"], path, flavour="caffe")
     assert net.flavour == "caffe"
     torch.testing.assert_close(net.features[0].weight, torch.load(path, weights_only=True)["features.0.weight"])
+    assert load_vgg("vgg19", ["relu1_1"], path).flavour == "torchvision"  # auto: the name does not say caffe
+    with pytest.raises(ConfigError, match="unknown VGG weight flavour 'bgr'; choose one of auto, torchvision, caffe"):
+        load_vgg("vgg19", ["relu1_1"], path, flavour="bgr")
+    with pytest.raises(ConfigError, match="unknown VGG weight flavour 'bgr'"):
+        LossSpec(vgg="vgg19", vgg_weights=str(path), vgg_flavour="bgr")
 
 
 def test_loads_full_torchvision_layout_and_ignores_classifier(vgg_file):

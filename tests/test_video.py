@@ -286,7 +286,26 @@ def test_the_input_itself_is_never_the_output(tmp_path, model_file, capsys):
     clip = write_clip(tmp_path / "clip.mp4", frames=4)
     data = clip.read_bytes()
     assert run(model_file, clip, "-o", tmp_path, "--backend", "torch", "--overwrite") == 1
-    assert "is the input itself" in capsys.readouterr().err and clip.read_bytes() == data
+    assert "holds the input videos" in capsys.readouterr().err and clip.read_bytes() == data
+
+
+def test_videos_are_found_as_photos_are(tmp_path, model_file, capsys):
+    """Patterns work, an empty folder and a pattern matching nothing are each named, and a hard link to an
+    input among the outputs is refused before anything is read."""
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "a.mp4", frames=3, audio=None)
+    (tmp_path / "clips" / "notes.txt").write_text("not a video")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.mp4").hardlink_to(write_clip(tmp_path / "b.mp4", frames=3, audio=None))
+    code = run(model_file, tmp_path / "clips" / "*.mp4", tmp_path / "empty", tmp_path / "*.webm", tmp_path / "b.mp4",
+               "-o", out, "--backend", "torch", "--temporal-blend", "0", "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 1 and (out / "a.mp4").is_file()
+    assert "empty: the folder holds no video file (readable suffixes: .mp4" in err
+    assert "*.webm: the pattern matches no video file" in err
+    assert "b.mp4: its output" in err and "is the input video" in err and "itself (a link)" in err
 
 
 def test_a_folder_another_run_writes_into_is_refused(tmp_path, model_file, capsys):

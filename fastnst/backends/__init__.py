@@ -43,7 +43,9 @@ class Backend(Protocol):
     keyword options of ``from_file`` it takes besides ``device`` and ``dtype``.
 
     Instance attributes: ``info`` (the model file's ``ModelInfo``), ``device_type``
-    (``"cpu"``, ``"cuda"`` or ``"mps"``), ``style`` (multi-style models: (N,)
+    (``"cpu"``, ``"cuda"`` or ``"mps"``), ``device`` (the device itself, as torch
+    names it: ``"cuda:1"`` where an index was given, so the engine sizes tiles by
+    that GPU's free memory, not the current one's; a string or a ``torch.device``), ``style`` (multi-style models: (N,)
     float32 style weights, one-hot or a convex mix, set by the engine once before
     running; None: the first style; single-style backends ignore it),
     ``concurrent`` (whether ``run`` may be called from several threads at once)
@@ -56,6 +58,7 @@ class Backend(Protocol):
     options: ClassVar[tuple[str, ...]]
     info: ModelInfo
     device_type: str
+    device: Any
     style: np.ndarray | None
     concurrent: bool
     default_streams: int

@@ -117,7 +117,7 @@ class OnnxGraphBackend:
     style = None
     default_streams = 1
     concurrent = True
-    device_type = "cpu"
+    device_type = device = "cpu"
     input_scale = 1.0
     onnx_path: str | None = None
     _proto = None

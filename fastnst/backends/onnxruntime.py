@@ -29,20 +29,34 @@ log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
-def providers_for(device: str = "auto") -> list[str]:
-    """ONNX Runtime execution providers for a fastnst device name: CUDA (if asked or auto and present), then CPU."""
+def providers_for(device: str = "auto") -> list:
+    """ONNX Runtime execution providers for a fastnst device name: CUDA (if asked or auto and present), then CPU.
+
+    ``cuda:N`` pins CUDA to GPU N (a provider with ``device_id``; a torchrun rank
+    gets its own GPU this way), plain ``cuda`` and ``auto`` take ONNX Runtime's default GPU.
+    """
     import onnxruntime as ort
 
-    kind = check_device(str(device)).split(":", 1)[0]
+    kind, _, index = check_device(str(device)).partition(":")
     available = ort.get_available_providers()
     if kind == "mps":
         raise ConfigError("the onnxruntime backend does not run on MPS; use --device cpu or auto")
     if kind == "cuda" and CUDA not in available:
         raise ConfigError("device 'cuda' requested but this onnxruntime has no CUDA execution provider "
                           "(install onnxruntime-gpu); use --device cpu or auto")
+    if index:
+        return [(CUDA, {"device_id": int(index)}), CPU]
     if kind == "cuda" or (kind == "auto" and CUDA in available):
         return [CUDA, CPU]
     return [CPU]
+
+
+def provider_device(provider) -> str:
+    """The torch name of the device an execution provider runs on: ``cpu``, ``cuda`` or ``cuda:N``."""
+    name, options = provider if isinstance(provider, tuple) else (provider, {})
+    if name != CUDA:
+        return "cpu"
+    return f"cuda:{options['device_id']}" if "device_id" in options else "cuda"
 
 
 class OnnxRuntimeBackend(OnnxGraphBackend):
@@ -64,7 +78,8 @@ class OnnxRuntimeBackend(OnnxGraphBackend):
         self.metadata = {p.key: p.value for p in model.metadata_props}
         self.info = info_from_metadata(self.metadata, path)
         self.providers = providers_for(str(device))
-        self.device_type = "cuda" if self.providers[0] == CUDA else "cpu"
+        self.device = provider_device(self.providers[0])
+        self.device_type = self.device.split(":")[0]
         self._sessions: dict[str, object] = {}
         self._session("plain")  # fail now, not on the first image, if ONNX Runtime refuses the graph
 

@@ -195,7 +195,7 @@ class OpenVinoBackend(OnnxGraphBackend):
             self.metadata = {p.key: p.value for p in model.metadata_props}
         self.info = info_from_metadata(self.metadata, path)
         self.dtype = dtype or default_dtype()
-        self.device_type = "cpu"
+        self.device_type = self.device = "cpu"
         self.default_streams = cpu_count()
         self.static_shapes, self.cache_size, self.exact_input = bool(static_shapes), cache_size, bool(exact_input)
         self.compiles, self.compile_seconds = 0, 0.0

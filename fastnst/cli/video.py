@@ -33,7 +33,7 @@ def add_video(sub: argparse._SubParsersAction, options: bool = True) -> None:
         return
     from fastnst.video.config import DEFAULT_CRF, DEFAULT_SEGMENT_SECONDS, DEFAULT_TEMPORAL_BLEND, X264_PRESETS
 
-    add_sources(p, "video files, or folders searched for videos")
+    add_sources(p, "video files, folders searched for videos, or glob patterns")
     g = p.add_argument_group("output")
     g.add_argument("--max-size", type=positive_int, help="downsize the long side to this many pixels first")
     g.add_argument("--crf", type=int, default=DEFAULT_CRF,

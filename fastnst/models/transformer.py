@@ -279,6 +279,32 @@ class TransformerNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def norm_rows(model: TransformerNet) -> dict[str, torch.Tensor]:
+    """The tensors that carry ``model``'s styles, by state-dict key, each (num_styles, C).
+
+    Every InstanceNorm's weight and bias; a single-style network's plain (C,)
+    affine parameters come back as one row. Everything else is shared by all styles.
+    """
+    state = model.state_dict()
+    keys = [f"{name}.{p}" for name, _ in model.norm_layers() for p in ("weight", "bias")]
+    return {key: state[key] if state[key].dim() == 2 else state[key][None] for key in keys}
+
+
+def with_norm_rows(model: TransformerNet, rows: dict[str, torch.Tensor]) -> TransformerNet:
+    """A new network with ``model``'s shared weights and these style rows (``norm_rows``' keys, (S, C) each).
+
+    S, the rows' first dimension, is the new network's style count; S = 1 gives
+    a single-style network (plain InstanceNorms). Every tensor is copied, so the
+    new network and ``model`` never share storage.
+    """
+    count = len(next(iter(rows.values())))
+    new = TransformerNet(model.spec.with_styles(count)).to(next(model.parameters()).device)
+    state = {key: (rows[key] if count > 1 else rows[key][0]) if key in rows else value
+             for key, value in model.state_dict().items()}
+    new.load_state_dict({key: value.detach().clone() for key, value in state.items()})
+    return new
+
+
 def select_styles(model: TransformerNet, indices: Sequence[int]) -> TransformerNet:
     """A network carrying only the styles ``indices`` of ``model`` (in that order), everything else shared.
 
@@ -289,13 +315,4 @@ def select_styles(model: TransformerNet, indices: Sequence[int]) -> TransformerN
     indices = list(indices)
     if not indices or any(not 0 <= i < model.spec.num_styles for i in indices):
         raise ValueError(f"style indices {indices} for a network of {model.spec.num_styles} style(s)")
-    picked = TransformerNet(model.spec.with_styles(len(indices))).to(next(model.parameters()).device)
-    norm_keys = {f"{name}.{p}" for name, _ in model.norm_layers() for p in ("weight", "bias")}
-    state = {}
-    for key, value in model.state_dict().items():
-        if key in norm_keys:
-            rows = value if value.dim() == 2 else value[None]
-            value = rows[indices] if len(indices) > 1 else rows[indices[0]]
-        state[key] = value.detach().clone()
-    picked.load_state_dict(state)
-    return picked.eval()
+    return with_norm_rows(model, {key: rows[indices] for key, rows in norm_rows(model).items()}).eval()

@@ -49,6 +49,15 @@ def detect_flavour(path=None) -> str:
     return "caffe" if "caffe" in name or name in CAFFE_FILE_NAMES else "torchvision"
 
 
+def resolve_flavour(flavour: str, path=None) -> str:
+    """``flavour`` checked (``auto``, or one of ``FLAVOURS``), with ``auto`` read from the weight file's name."""
+    if flavour == "auto":
+        return detect_flavour(path)
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"unknown VGG weight flavour {flavour!r}; choose one of auto, {', '.join(FLAVOURS)}")
+    return flavour
+
+
 def layer_names(arch: str) -> list[str]:
     """All activation names of ``arch`` in forward order: relu1_1, relu1_2, ..., relu5_x."""
     blocks = _arch(arch)

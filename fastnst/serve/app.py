@@ -42,10 +42,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from fastnst.errors import ConfigError, FastNSTError, ImageError, ImageTooLarge, first_line
+from fastnst.errors import ConfigError, FastNSTError, ImageError, ImageTooLarge, UnknownName, first_line
 from fastnst.images import encode_image, open_image, resize_long_side, side_limit
 from fastnst.serve.config import ServeConfig
-from fastnst.serve.engine import Busy, Engine, Options, UnknownName
+from fastnst.serve.engine import Busy, Engine, Options
 from fastnst.stylize.config import STROKE_SCALES
 from fastnst.version import __version__
 

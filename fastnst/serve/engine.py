@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from fastnst.checkpoint import read_info
-from fastnst.errors import ConfigError, FastNSTError, first_line
+from fastnst.errors import FastNSTError, UnknownName, first_line
 from fastnst.images import stack_pixels
 from fastnst.serve.config import ServeConfig
-from fastnst.styles import parse_style_mix, resolve_style
+from fastnst.styles import resolve_style
 from fastnst.stylize.stylizer import Stylizer
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,6 @@ class Busy(FastNSTError):
     def __init__(self, retry_after: int) -> None:
         self.retry_after = retry_after
         super().__init__(f"the server is busy; retry in {retry_after} s")
-
-
-class UnknownName(ConfigError):
-    """A request named a model or style the service does not have (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -94,14 +90,10 @@ class ServedModel:
 
     def style_weights(self, style: str | None, style_mix: str | None) -> tuple[float, ...] | None:
         """``style`` (a name or index) or ``style_mix`` as weights; ``UnknownName`` or ``ConfigError`` if bad."""
-        if style is not None and style_mix is not None:
-            raise ConfigError("give style or style_mix, not both")
-        keys = [style] if style is not None else list(parse_style_mix(style_mix)) if style_mix is not None else []
-        for key in keys:
-            if key not in self.style_names and not (key.isdigit() and int(key) < len(self.style_names)):
-                raise UnknownName(f"model {self.name!r} has no style {key!r}; its styles are "
-                                  f"{', '.join(self.style_names)}")
-        weights = resolve_style(self.style_names, style, style_mix)
+        try:
+            weights = resolve_style(self.style_names, style, style_mix, options=("style", "style_mix"))
+        except UnknownName as exc:
+            raise UnknownName(f"model {self.name!r}: {exc}") from None
         return None if weights is None else tuple(float(w) for w in weights)
 
 
@@ -133,10 +125,10 @@ class Engine:
     def __init__(self, models: dict[str, ServedModel], config: ServeConfig) -> None:
         self.models, self.config = models, config
         first = next(iter(models.values())).stylizer
-        on_cpu = first.device_type == "cpu"
-        concurrent = all(m.stylizer.backend.concurrent for m in models.values())
-        streams = config.workers or max(m.stylizer.backend.default_streams for m in models.values())
-        self.workers = streams if on_cpu and concurrent else 1
+        requested = config.workers or max(m.stylizer.backend.default_streams for m in models.values())
+        # As many workers as asked (or the largest default) if every model can run them; one on a GPU.
+        self.workers = min(m.stylizer.stream_count(requested) for m in models.values()) \
+            if first.device_type == "cpu" else 1
         self.batch_size = config.batch_size or first.default_batch_size
         self.metrics = Metrics()
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=config.queue_size)

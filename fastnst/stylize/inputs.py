@@ -26,7 +26,7 @@ import glob
 import os
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,23 +124,41 @@ def _listed(name: str) -> bool:
     return suffix in IMAGE_SUFFIXES or suffix in UNREADABLE_SUFFIXES
 
 
-def _expand(item: str, exclude: Path, alone: bool) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class MediaKind:
+    """What a run stylizes: the files folders and patterns list, each output's suffix, what is refused unread."""
+
+    noun: str  # "photo", "video": for messages
+    suffixes: tuple[str, ...]  # the readable ones, for messages
+    listed: Callable[[str], bool]  # file name → whether a folder search or a pattern lists it
+    output_suffix: Callable[[Path, str], str]  # (source, --format) → the output's suffix
+    unreadable: Callable[[Path], str | None]  # why a listed file cannot be read (known from its name), or None
+
+
+PHOTOS = MediaKind("photo", IMAGE_SUFFIXES, _listed, output_suffix, unreadable_format)
+
+
+def _expand(item: str, exclude: Path, alone: bool, kind: MediaKind
+            ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(source, output path relative to the output folder) pairs for one input, and its failures (input, reason).
 
     ``alone``: the input is the run's only one, so a folder's tree goes directly under the output folder.
     """
     path = Path(item)
+    readable = f"readable suffixes: {' '.join(kind.suffixes)}"
     try:
         if path.is_dir():
             real = path.resolve()
             if real.is_relative_to(exclude):
                 return [], [(item, f"this folder is inside the output folder {show_path(exclude)}, whose files are "
                                    "never read as inputs; choose an output folder outside it")]
-            files, unreadable = walk_files(path, _listed, exclude)
+            files, unreadable = walk_files(path, kind.listed, exclude)
             base = Path() if alone else Path(real.name)
-            return [(f, base / f.relative_to(path)) for f in files], \
-                [(str(folder), f"cannot list this folder ({why}); its photos were not stylized")
-                 for folder, why in unreadable]
+            failures = [(str(folder), f"cannot list this folder ({why}); its {kind.noun}s were not stylized")
+                        for folder, why in unreadable]
+            if not files and not unreadable:
+                failures.append((item, f"the folder holds no {kind.noun} file ({readable})"))
+            return [(f, base / f.relative_to(path)) for f in files], failures
         if path.exists() or path.is_symlink() or not _GLOB_CHARS.search(item):
             return [(path, Path(path.name))], []  # a file, or a missing name that the decoder will report
     except OSError as exc:
@@ -152,9 +170,9 @@ def _expand(item: str, exclude: Path, alone: bool) -> tuple[list[tuple[Path, Pat
         fixed.append(part)
     root = Path(*fixed) if fixed else Path(".")
     matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-    matches = [m for m in matches if _listed(m.name) and m.is_file() and not is_inside(m, exclude)]
+    matches = [m for m in matches if kind.listed(m.name) and m.is_file() and not is_inside(m, exclude)]
     if not matches:
-        return [], [(item, f"the pattern matches no image file (readable suffixes: {' '.join(IMAGE_SUFFIXES)})")]
+        return [], [(item, f"the pattern matches no {kind.noun} file ({readable})")]
     return [(m, m.relative_to(root)) for m in matches], []
 
 
@@ -166,8 +184,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def discover(inputs: tuple[str, ...] | list[str], output_dir: Path, fmt: str = "same",
-             shard: Shard | None = None) -> Discovery:
+             shard: Shard | None = None, kind: MediaKind = PHOTOS) -> Discovery:
     """Expand ``inputs`` into this shard's jobs writing under ``output_dir`` (resolved); report bad inputs.
+
+    ``kind`` says what the run stylizes (``PHOTOS``; ``fastnst video`` passes its
+    own): which files folders and patterns list and each output's suffix (for
+    photos ``fmt``'s).
 
     A folder never searches the output folder, so outputs kept inside the input
     tree are not stylized again on the next run. Raises ``FastNSTError`` when
@@ -178,20 +200,20 @@ def discover(inputs: tuple[str, ...] | list[str], output_dir: Path, fmt: str = "
     owner: dict[Path, Path] = {}  # target → the source writing it
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
-        expanded, failures = _expand(str(item), output_dir, alone=len(inputs) == 1)
+        expanded, failures = _expand(str(item), output_dir, len(inputs) == 1, kind)
         found.failures += [(i, why) for i, why in failures if shard.owns(str(i))]
         pairs += expanded
-    _refuse_overlap(pairs, output_dir)
+    _refuse_overlap(pairs, output_dir, kind.noun)
     sources = _identities(source for source, _ in pairs)
     for source, relative in pairs:
-        relative = relative.with_suffix(output_suffix(source, fmt))
+        relative = relative.with_suffix(kind.output_suffix(source, fmt))
         target = output_dir / relative
         previous = owner.setdefault(target, source)
         if previous is not source and _same_file(previous, source):
             continue  # one file named twice (directly and through its folder, or via a symlink)
         if not shard.owns(relative.as_posix()):
             continue
-        problem = _target_problem(source, target, relative, output_dir, previous, sources)
+        problem = _target_problem(source, target, relative, output_dir, previous, sources, kind)
         if problem:
             found.failures.append((str(source), problem))
         else:
@@ -199,7 +221,7 @@ def discover(inputs: tuple[str, ...] | list[str], output_dir: Path, fmt: str = "
     return found
 
 
-def _refuse_overlap(pairs: list[tuple[Path, Path]], output_dir: Path) -> None:
+def _refuse_overlap(pairs: list[tuple[Path, Path]], output_dir: Path, noun: str) -> None:
     """``FastNSTError`` when a source photo lies directly in the output folder tree's matching place: the run
     would write its results beside (or over) the originals, e.g. ``holiday/*.jpg -o holiday``."""
     for source, relative in pairs:
@@ -208,7 +230,7 @@ def _refuse_overlap(pairs: list[tuple[Path, Path]], output_dir: Path) -> None:
         except OSError:
             continue
         if same:
-            raise FastNSTError(f"the output folder {show_path(output_dir)} holds the input photos (e.g. "
+            raise FastNSTError(f"the output folder {show_path(output_dir)} holds the input {noun}s (e.g. "
                                f"{show_path(source)}): results would land beside the originals and could replace "
                                "them; choose an output folder of its own with -o")
 
@@ -226,9 +248,9 @@ def _identities(paths) -> dict[tuple[int, int], Path]:
 
 
 def _target_problem(source: Path, target: Path, relative: Path, output_dir: Path, previous: Path,
-                    sources: dict[tuple[int, int], Path]) -> str | None:
+                    sources: dict[tuple[int, int], Path], kind: MediaKind) -> str | None:
     """Why ``source`` may not be written to ``target``, or None."""
-    reason = unreadable_format(source)
+    reason = kind.unreadable(source)
     if reason:
         return reason
     if previous is not source:
@@ -246,8 +268,8 @@ def _target_problem(source: Path, target: Path, relative: Path, output_dir: Path
         return None
     original = sources.get((info.st_dev, info.st_ino))
     if original is not None:
-        return f"its output {show_path(target)} is the input photo {show_path(original)} itself (a link); refused, " \
-               "it would be replaced"
+        return f"its output {show_path(target)} is the input {kind.noun} {show_path(original)} itself (a link); " \
+               "refused, it would be replaced"
     return None
 
 

@@ -97,22 +97,34 @@ def is_complete(target: Path) -> bool:
     return True
 
 
-def stylize_job(job: Job, stylizer, config: StylizeConfig, output_dir: Path) -> Record:
-    """Decode, stylize and write one photo; its ``Record`` (a failure is a record, never an exception).
-
-    Outputs that exist are skipped unless ``config.overwrite``, as in the local pipeline.
-    """
+def prepare(job: Job, config: StylizeConfig) -> np.ndarray | Record:
+    """The first half of a job: its (H, W, 3) uint8 pixels, or its record when its output is already there
+    (skipped unless ``config.overwrite``, as in the local pipeline) or the photo does not decode."""
     if not config.overwrite and is_complete(job.target):
         return Record(str(job.source), str(job.target), "skipped")
-    stage = "decoding"
     try:
-        pixels = decode(job, config)
-        stage = "computing"
-        styled = stylizer.stylize_pixels(pixels[None])[0]
-        stage = "encoding"
+        return decode(job, config)
+    except Exception as exc:  # noqa: BLE001 - one odd file (a decoder bug) must not stop the library
+        return Record(str(job.source), None, "failed", failure_reason(exc, "decoding", job))
+
+
+def finish(job: Job, styled: np.ndarray, config: StylizeConfig, output_dir: Path, tiles: int) -> Record:
+    """The second half: write the stylized (H, W, 3) uint8 ``styled``; the job's record (done or failed)."""
+    try:
         encode(job, styled, config, output_dir)
-    except Exception as exc:  # noqa: BLE001 - one odd file or one failed pass must not stop the library
-        return Record(str(job.source), None, "failed", failure_reason(exc, stage, job))
-    height, width = pixels.shape[:2]
-    return Record(str(job.source), str(job.target), "done", width=width, height=height,
-                  tiles=stylizer.tiles(height, width))
+    except Exception as exc:  # noqa: BLE001 - an encoder bug on one photo must not stop the library
+        return Record(str(job.source), None, "failed", failure_reason(exc, "encoding", job))
+    height, width = styled.shape[:2]
+    return Record(str(job.source), str(job.target), "done", width=width, height=height, tiles=tiles)
+
+
+def stylize_job(job: Job, stylizer, config: StylizeConfig, output_dir: Path) -> Record:
+    """Decode, stylize and write one photo; its ``Record`` (a failure is a record, never an exception)."""
+    pixels = prepare(job, config)
+    if isinstance(pixels, Record):
+        return pixels
+    try:
+        styled = stylizer.stylize_pixels(pixels[None])[0]
+    except Exception as exc:  # noqa: BLE001 - one failed pass must not stop the library
+        return Record(str(job.source), None, "failed", failure_reason(exc, "computing", job))
+    return finish(job, styled, config, output_dir, stylizer.tiles(*pixels.shape[:2]))

@@ -135,10 +135,7 @@ def stylize_files(config: StylizeConfig, stylizer: Stylizer | None = None) -> St
     with plan(config) as job:
         stylizer = stylizer or Stylizer.from_config(config)
         batch_size = config.batch_size or stylizer.default_batch_size
-        # By default no more streams than photos: one photo alone runs fastest on all cores.
-        streams = config.streams or max(1, min(stylizer.backend.default_streams, len(job.jobs)))
-        if not stylizer.backend.concurrent:
-            streams = 1
+        streams = stylizer.stream_count(config.streams, most=len(job.jobs))
         stylizer.backend.set_streams(streams)
         show = sys.stderr.isatty() and torchrun_rank()[0] == 0
         with _Run(config, stylizer, batch_size, streams, job.report_path, show, job.total) as run:

@@ -91,7 +91,7 @@ class Stylizer:
             log.info("style: %s (the model has %s)", describe(self.backend.style, self.style_names),
                      ", ".join(self.style_names))
         self.context = tile_context(self.info.spec)
-        self.tile_size = default_tile_size(self.device_type) if tile_size is None else int(tile_size)
+        self.tile_size = default_tile_size(self.backend.device) if tile_size is None else int(tile_size)
         if self.tile_size < min_tile_size(self.context):
             raise ConfigError(f"tile size {self.tile_size} is too small for this network (it needs {self.context} "
                               f"pixels of context a side); use at least {min_tile_size(self.context)}")
@@ -135,6 +135,19 @@ class Stylizer:
     def default_batch_size(self) -> int:
         """Photos of equal size per pass when none is given: 1 on the CPU, ``DEFAULT_GPU_BATCH`` on accelerators."""
         return 1 if self.device_type == "cpu" else DEFAULT_GPU_BATCH
+
+    def stream_count(self, requested: int | None, most: int | None = None) -> int:
+        """Photos to compute at once, one core each (the one streams rule of stylize, video, Ray and serve).
+
+        ``requested`` (``--streams``) when given, else the backend's
+        ``default_streams`` capped at ``most`` (the photos there are: one photo
+        alone runs fastest on all cores); always 1 when the backend cannot run
+        from several threads at once.
+        """
+        if not self.backend.concurrent:
+            return 1
+        default = self.backend.default_streams if most is None else min(self.backend.default_streams, most)
+        return requested or max(1, default)
 
     def __call__(self, images):
         """(B, 3, H, W) or (3, H, W) float in 0–1 (numpy or torch) → stylized, same shape and kind, clamped to 0–1."""

@@ -54,13 +54,13 @@ TILE_STATS = ("exact", "thumbnail")
 
 
 def free_memory(device) -> int | None:
-    """Bytes free for a forward pass on ``device`` (``"cpu"``, ``"cuda"``, or a torch device): CUDA's free
-    memory, the OS's available memory (Linux), or None."""
+    """Bytes free for a forward pass on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch device): that
+    GPU's free memory (the current one's for ``"cuda"``), the OS's available memory (Linux), or None."""
     device_type = getattr(device, "type", str(device).split(":")[0])
     if device_type == "cuda":
         import torch
 
-        return torch.cuda.mem_get_info()[0]
+        return torch.cuda.mem_get_info(torch.device(device))[0]
     if device_type == "cpu":
         try:
             with open("/proc/meminfo", encoding="ascii") as meminfo:

@@ -49,10 +49,10 @@ from fastnst.errors import FastNSTError, ModelFileError
 from fastnst.files import probe_writable, remove_temporaries_of, show_path
 from fastnst.images import encode_thumbnail
 from fastnst.losses import MOTION, LossSpec, content_targets, perceptual_losses, random_motion, temporal_loss, warp
-from fastnst.models.transformer import TransformerNet, TransformerSpec, get_spec, select_styles
+from fastnst.models.transformer import TransformerNet, TransformerSpec, get_spec
 from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
-from fastnst.styles import style_names
+from fastnst.styles import pick_styles, style_names
 from fastnst.train import distributed, rng
 from fastnst.train.config import DEFAULT_EPOCHS, RESUMABLE_CHANGES, TrainConfig
 from fastnst.train.data import EpochBatchSampler, PhotoDataset, find_images, make_loader, split_holdout, start_epoch
@@ -324,9 +324,7 @@ class TrainingRun:
         first = self.styles.first
         if self.config.init is None or self.config.keep_init_styles or first == 0:
             return self.model, self.names, self.thumbnails
-        picked = range(first, self.model.spec.num_styles)
-        thumbnails = self.thumbnails[first:] if self.thumbnails else ()
-        return select_styles(self.model, picked), self.names[first:], thumbnails
+        return pick_styles(self.model, self.names, self.thumbnails, range(first, self.model.spec.num_styles))
 
     def close(self) -> None:
         """Close the progress bar and TensorBoard, stop the loader's worker processes, leave the process group."""

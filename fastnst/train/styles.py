@@ -21,7 +21,13 @@ from fastnst.checkpoint import load_model
 from fastnst.errors import ConfigError
 from fastnst.images import load_style_image
 from fastnst.losses import LossSpec, style_targets
-from fastnst.models.transformer import ConditionalInstanceNorm, TransformerNet, TransformerSpec
+from fastnst.models.transformer import (
+    ConditionalInstanceNorm,
+    TransformerNet,
+    TransformerSpec,
+    norm_rows,
+    with_norm_rows,
+)
 from fastnst.styles import check_unique, model_style_names
 from fastnst.train import rng
 
@@ -139,19 +145,9 @@ def add_styles(model: TransformerNet, count: int) -> TransformerNet:
     The shared weights and the old rows are copied exactly, so the old styles'
     outputs do not change.
     """
-    spec = model.spec.with_styles(model.spec.num_styles + count)
-    grown = TransformerNet(spec).to(next(model.parameters()).device)
-    state = model.state_dict()
-    new_state = {}
-    for key, value in grown.state_dict().items():
-        old = state[key]
-        if value.shape == old.shape:
-            new_state[key] = old
-            continue
-        rows = old if old.dim() == 2 else old[None]  # a plain InstanceNorm's (C,) is one row
-        new_state[key] = torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
-    grown.load_state_dict(new_state)
-    return grown
+    grown = {key: torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
+             for key, rows in norm_rows(model).items()}
+    return with_norm_rows(model, grown)
 
 
 def train_only_rows(model: TransformerNet, first: int) -> list[torch.nn.Parameter]:

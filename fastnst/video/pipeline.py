@@ -47,9 +47,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fastnst.errors import FileError, first_line
-from fastnst.files import atomic_path, lock_folder, remove_temporaries_of, show_path, walk_files
+from fastnst.files import atomic_path, lock_folder, remove_temporaries_of
 from fastnst.images import stack_pixels
-from fastnst.stylize.inputs import Job, is_inside, prepare_output_dir
+from fastnst.stylize.inputs import Job, MediaKind, discover, prepare_output_dir
 from fastnst.stylize.pipeline import LOCK_NAME, StylizeReport, open_report, tally
 from fastnst.stylize.stylizer import Stylizer
 from fastnst.video import io
@@ -101,7 +101,8 @@ def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> Vide
         import_cv2()
     output_dir = prepare_output_dir(config.output_dir)
     with lock_folder(output_dir, LOCK_NAME):  # the lock ``fastnst stylize`` takes: one run writes a folder at a time
-        jobs, failures = discover(config.inputs, output_dir)
+        found = discover(config.inputs, output_dir, kind=VIDEOS)
+        jobs, failures = found.jobs, found.failures
         stylizer = stylizer or Stylizer(config.model, backend=config.backend, device=config.device,
                                         dtype=config.dtype, strength=config.strength,
                                         preserve_color=config.preserve_color, style=config.style,
@@ -125,38 +126,10 @@ def _tally(report: VideoReport, records, record: Record) -> None:
         records.write(record)
 
 
-def discover(inputs: tuple[str, ...], output_dir: Path) -> tuple[list[Job], list[tuple[str, str]]]:
-    """The videos ``inputs`` name and the inputs refused before reading (input, reason), as ``fastnst stylize``
-    finds photos: a file of any suffix is tried; a folder's videos (``io.VIDEO_SUFFIXES``, found by
-    ``fastnst.files.walk_files``) mirror its tree, directly under ``output_dir`` when it is the only input."""
-    jobs, failures, owners = [], [], {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            if is_inside(path, output_dir):
-                failures.append((item, f"this folder is inside the output folder {show_path(output_dir)}; choose "
-                                       "an output folder outside it"))
-                continue
-            files, unreadable = walk_files(path, io.is_video_file, output_dir)
-            failures += [(str(folder), f"cannot list this folder ({why})") for folder, why in unreadable]
-            if not files and not unreadable:
-                failures.append((item, f"the folder holds no video file ({' '.join(io.VIDEO_SUFFIXES)})"))
-            base = Path() if len(inputs) == 1 else Path(path.resolve().name)
-            pairs = [(source, base / source.relative_to(path)) for source in files]
-        else:
-            pairs = [(path, Path(path.name))]
-        for source, relative in pairs:
-            target = output_dir / relative.with_suffix(io.output_suffix(source))
-            previous = owners.setdefault(target, source)
-            if previous is not source:
-                failures.append((str(source), f"its output {show_path(target)} is already the output of "
-                                              f"{show_path(previous)}; stylize one of them separately"))
-            elif not is_inside(target.parent, output_dir):
-                failures.append((str(source), f"its output {show_path(target)} would lie outside the output "
-                                              f"folder {show_path(output_dir)}"))
-            else:
-                jobs.append(Job(source, target))
-    return jobs, failures
+# Videos are found as ``fastnst stylize`` finds photos (files, folders mirrored, patterns; never an output over an
+# input); each output keeps its input's container where it can hold H.264, else .mp4.
+VIDEOS = MediaKind("video", io.VIDEO_SUFFIXES, io.is_video_file, lambda source, fmt: io.output_suffix(source),
+                   lambda source: None)
 
 
 class _Stop(Exception):
@@ -216,8 +189,7 @@ class _Engine:
         self.config, self.stylizer = config, stylizer
         self.claimed = {job.target for job in jobs}
         self.batch_size = config.batch_size or stylizer.default_batch_size
-        backend = stylizer.backend
-        self.streams = (config.streams or backend.default_streams) if backend.concurrent else 1
+        self.streams = stylizer.stream_count(config.streams)
         self.show = sys.stderr.isatty()
 
     def __enter__(self) -> _Engine:
