@@ -2,6 +2,13 @@
 
     python scripts/bundle_style.py runs/starry_night.safetensors            # name from the style image
     python scripts/bundle_style.py runs/wave.safetensors --quality runs/quality.json
+    python scripts/bundle_style.py --merge runs/starry_night.safetensors runs/wave.safetensors ... \
+        --name all_styles --quality runs/quality.json                        # the all-styles file
+
+``--merge`` joins single-style models trained on one trunk (``fastnst train --init``)
+into one conditional-instance-norm file (``fastnst.convert.merge_models``), whose
+record keeps each part's training record whole, and writes its card: a table of
+the styles with their steps, time and style ratios, pointing to each style's card.
 
 The bundled file stores fp16 weights (3.4 MB instead of 6.7 MB for the default
 network; they load as fp32) and one thumbnail of each style image, which the
@@ -20,6 +27,7 @@ import sys
 from pathlib import Path
 
 from fastnst.checkpoint import load_model, save_model
+from fastnst.convert import merge_models
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
 from fastnst.train.config import TrainConfig
@@ -66,17 +74,14 @@ def _cropping(config: dict) -> str:
 
 def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train_seconds: float | None,
          quality: dict | None, remark: str | None = None) -> str:
-    paintings = []
-    for path in config["style"]:
-        title, painter, year = PAINTINGS.get(Path(path).stem, (Path(path).stem, "unknown painter", "unknown year"))
-        paintings.append(f"*{title}*, {painter}, {year} (`{Path(path).name}`)")
     losses = config.get("final_losses") or {}
     schedule = "constant" if config["lr_decay"] == "none" else f"{config['lr_decay']} decay"
     hours = f"{train_seconds / 3600:.2f} h ({train_seconds:,.0f} s)" if train_seconds else "not recorded"
     lines = [
         f"# {name}",
         "",
-        f"**Style{'s' if len(paintings) > 1 else ''}:** {'; '.join(paintings)}; public domain. Style images "
+        f"**Style{'s' if len(config['style']) > 1 else ''}:** {paintings_line(config['style'])}; public domain. "
+        "Style images "
         f"from `../shared/data/style` (not shipped), long side {config.get('style_size') or 'as is'} px for the "
         "style targets.",
         "",
@@ -142,14 +147,88 @@ def quality_lines(quality: dict) -> list[str]:
     return lines
 
 
+def paintings_line(style_paths: list[str]) -> str:
+    paintings = []
+    for path in style_paths:
+        title, painter, year = PAINTINGS.get(Path(path).stem, (Path(path).stem, "unknown painter", "unknown year"))
+        paintings.append(f"*{title}*, {painter}, {year} (`{Path(path).name}`)")
+    return "; ".join(paintings)
+
+
+def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: float, quality: dict) -> str:
+    """The card of a file joining single-style models trained on one trunk."""
+    rows = []
+    for style, config in zip(styles, parts):
+        ratios = (quality.get(style) or {}).get("ratios")
+        shown = " / ".join(f"{ratios[k]:.3f}" for k in ("1", "0.5", "0.25")) if ratios else "not measured"
+        seconds = config.get("train_seconds")
+        hours = f"{seconds / 3600:.2f} h" if seconds else "not recorded"
+        rows.append(f"| {style} | {config['steps_done']:,} | {hours} | {shown} | [card]({style}.md) |")
+    trained = " ".join(f"{style}.safetensors" for style in styles)
+    lines = [
+        f"# {name}",
+        "",
+        f"**Styles:** {paintings_line([c['style'][0] for c in parts])}; public domain.",
+        "",
+        f"**File:** `checkpoints/{name}.safetensors`, {size_mb:.1f} MB, fp16 weights (load as fp32), network "
+        f"`{parts[0]['spec']}`, styles {', '.join(styles)}, with a thumbnail of each style image.",
+        "",
+        f"One network, {len(styles)} styles (conditional instance norm): the single-style models joined by "
+        "`fastnst convert --merge`. They share every weight but their instance-norm rows "
+        f"(the trunk: {TRUNK_CREDIT}), so each style here gives the same picture as its single-style file, and "
+        "`--style-mix` blends them in one pass.",
+        "",
+        "| style | steps | training time | style ratios 1 / ½ / ¼ (bar <= 0.10) | training and quality bar |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "```bash",
+        f"fastnst convert --merge {trained} -o {name}.safetensors   # each made by the `fastnst train` "
+        "command of its card",
+        f"fastnst stylize -m checkpoints/{name}.safetensors photos/ -o styled/ --style-mix "
+        f"\"{styles[0]}=0.5,{styles[1]}=0.5\"",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bundle_merged(paths: list[Path], args: argparse.Namespace) -> int:
+    loaded = [load_model(path) for path in paths]
+    for path, (net, info) in zip(paths, loaded):
+        if net.spec.num_styles != 1 or "steps_done" not in info.config:
+            print(f"{path}: --merge takes single-style models written by fastnst train", file=sys.stderr)
+            return 1
+    model = merge_models([(net, path.name) for (net, _), path in zip(loaded, paths)])
+    styles = tuple(info.styles[0] for _, info in loaded)
+    thumbnails = tuple(info.thumbnails[0] if info.thumbnails else encode_thumbnail(info.config["style"][0])
+                       for _, info in loaded)
+    parts = [info.config for _, info in loaded]
+    config = {"merged_from": [f"{style}.safetensors" for style in styles], "parts": parts}
+    name = args.name or "all_styles"
+    path = save_model(args.out / f"{name}.safetensors", model, styles=styles, config=config, half=True,
+                      thumbnails=thumbnails)
+    quality = json.loads(args.quality.read_text()) if args.quality else {}
+    card_path = args.out / f"{name}.md"
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(merged_card(name, styles, parts, path.stat().st_size / 1e6, quality))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, styles {', '.join(styles)}) and {card_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="a model file written by fastnst train")
-    parser.add_argument("--name", help="bundled name (default: the style image's file stem)")
+    parser.add_argument("model", type=Path, nargs="?", help="a model file written by fastnst train")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="MODEL",
+                        help="join these single-style models (one trunk) into one file instead")
+    parser.add_argument("--name", help="bundled name (default: the style image's file stem; all_styles with --merge)")
     parser.add_argument("--out", type=Path, default=REPO / "checkpoints", help="folder (default checkpoints/)")
     parser.add_argument("--quality", type=Path, help="quality.json written by scripts/eval_styles.py")
     parser.add_argument("--remark", help="a line for the card's training section (e.g. what else ran beside it)")
     args = parser.parse_args(argv)
+    if (args.model is None) == (args.merge is None):
+        parser.error("give one MODEL, or --merge MODEL MODEL ...")
+    if args.merge:
+        return bundle_merged(args.merge, args)
 
     model, info = load_model(args.model)
     config = info.config

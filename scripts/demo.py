@@ -45,17 +45,43 @@ def sample_photo() -> Path | None:
     return path if path.is_file() else None
 
 
-def bundled_styles(folder: Path) -> list[tuple[Path, str | None, str, torch.Tensor | None]]:
-    """(model file, --style value or None, label, thumbnail (3, h, w) or None) per style of each model in ``folder``."""
+def bundled_styles(folder: Path) -> list[tuple[Path, dict, str, torch.Tensor | None]]:
+    """The contact sheet's columns: (model file, look, label, thumbnail (3, h, w) or None) each.
+
+    A single-style model is one column. A multi-style model adds a column for
+    each style no single-style file in ``folder`` shows already (look
+    ``{"style": name}``); when it has none of its own (the all-styles file joins
+    the bundled singles), one column of what only it can do: an even mix of its
+    first two styles (``{"style_mix": "a=0.5,b=0.5"}``), both paintings above it.
+    """
+    models = [(model, read_info(model)) for model in sorted(folder.glob("*.safetensors"))]
+    shown = {info.styles[0] for _, info in models if len(info.styles) == 1}
     found = []
-    for model in sorted(folder.glob("*.safetensors")):
-        info = read_info(model)
+    for model, info in models:
         thumbnails = [decode_thumbnail(t, str(model)) for t in info.thumbnails] or [None] * len(info.styles)
-        if len(info.styles) > 1:
-            found += [(model, name, f"{model.stem}: {name}", thumb) for name, thumb in zip(info.styles, thumbnails)]
-        else:
-            found.append((model, None, model.stem, thumbnails[0] if thumbnails else None))
+        if len(info.styles) <= 1:
+            found.append((model, {}, model.stem, thumbnails[0] if thumbnails else None))
+            continue
+        own = [(name, thumb) for name, thumb in zip(info.styles, thumbnails) if name not in shown]
+        found += [(model, {"style": name}, f"{model.stem}: {name}", thumb) for name, thumb in own]
+        if not own:
+            (a, b), pair = info.styles[:2], thumbnails[:2]
+            both = None if None in pair else _side_by_side(*pair)
+            found.append((model, {"style_mix": f"{a}=0.5,{b}=0.5"}, f"{model.stem}: {a} + {b}", both))
     return found
+
+
+def _side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Two (3, h, w) images at the lower one's height, side by side."""
+    height = min(left.shape[1], right.shape[1])
+    scaled = [F.interpolate(i[None], size=(height, max(1, round(i.shape[2] * height / i.shape[1]))),
+                            mode="bilinear", antialias=True, align_corners=False)[0] for i in (left, right)]
+    return torch.cat(scaled, dim=2).clamp(0, 1)
+
+
+def look_options(look: dict) -> list[str]:
+    """``{"style_mix": "a=0.5,b=0.5"}`` → ``["--style-mix", "a=0.5,b=0.5"]``: the look as CLI options."""
+    return [item for key, value in look.items() for item in (f"--{key.replace('_', '-')}", value)]
 
 
 def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -99,11 +125,9 @@ def _pil(image: torch.Tensor) -> Image.Image:
 def stylize_all(photo: Path, models: Path, out: Path) -> list[tuple[str, torch.Tensor | None, torch.Tensor]] | None:
     """Run ``fastnst stylize`` for every bundled style; the contact sheet's columns, or None on a failure."""
     columns = []
-    for model, style, label, thumbnail in bundled_styles(models):
-        folder = out / (model.stem if style is None else f"{model.stem}-{style}")
-        argv = ["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite"]
-        if style is not None:
-            argv += ["--style", style]
+    for model, look, label, thumbnail in bundled_styles(models):
+        folder = out / "-".join([model.stem, *(value.replace("=", "").replace(",", "-") for value in look.values())])
+        argv = ["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite", *look_options(look)]
         print(f"$ fastnst {' '.join(argv)}", flush=True)
         start = time.perf_counter()
         if main(argv) != 0:

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     photo = load_image(photo_path)
     columns = []
-    for model_path, style, label, thumbnail in bundled_styles(args.models):
-        result = Stylizer(model_path, backend="torch", style=style)(photo[None])[0]
+    for model_path, look, label, thumbnail in bundled_styles(args.models):
+        result = Stylizer(model_path, backend="torch", **look)(photo[None])[0]
         columns.append((label, thumbnail, result.float().clamp(0, 1)))
     if not columns:
         print(f"no model files in {args.models}", file=sys.stderr)

@@ -17,7 +17,7 @@ from fastnst.checkpoint import load_model, read_info, save_model
 from fastnst.cli import main
 from fastnst.images import decode_thumbnail, encode_thumbnail, load_image, to_tensor, to_uint8
 from fastnst.losses import LossSpec
-from fastnst.models.transformer import SPECS, TransformerNet
+from fastnst.models.transformer import SPECS, TransformerNet, select_styles
 from fastnst.train import TrainConfig, fit
 
 from conftest import REPO, gradient_image, psnr
@@ -143,6 +143,64 @@ def test_bundling_writes_fp16_weights_thumbnails_and_a_card_whose_command_reprod
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path, vgg_file, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        gradient_image(40 + 3 * i, 36, seed=i).save(photos / f"p{i}.jpg")
+    for name, seed in (("starry_night", 100), ("wave", 101)):
+        gradient_image(48, 48, seed=seed).save(tmp_path / f"{name}.png")
+    loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
+                    style_layers="relu2_2", style_weight=1e3)
+    common = dict(data=str(photos), spec="light", image_size=32, batch_size=2, workers=0, holdout=1,
+                  checkpoint_every=0, sample_every=0)
+    first = fit(TrainConfig(style=(str(tmp_path / "starry_night.png"),), output=str(tmp_path / "runs" / "starry_night.safetensors"),
+                            loss=loss, steps=3, **common))
+    second = fit(TrainConfig(style=(str(tmp_path / "wave.png"),), output=str(tmp_path / "runs" / "wave.safetensors"), loss=loss,
+                             steps=2, init=str(first), **common))  # its norm rows on the first one's trunk
+    quality = tmp_path / "quality.json"
+    quality.write_text(json.dumps({"starry_night": {"ratios": {"1": 0.05, "0.5": 0.06, "0.25": 0.2}}}))
+    out = tmp_path / "checkpoints"
+    assert bundle_style.main(["--merge", str(first), str(second), "--out", str(out), "--quality", str(quality)]) == 0
+    merged, info = load_model(out / "all_styles.safetensors")
+    assert info.styles == ("starry_night", "wave") and [part["steps_done"] for part in info.config["parts"]] == [3, 2]
+    assert info.thumbnails == tuple(encode_thumbnail(tmp_path / f"{n}.png") for n in info.styles)
+    for index, single in enumerate((first, second)):  # each style is exactly its single model (in fp16)
+        alone = select_styles(merged, [index]).state_dict()
+        for key, value in load_model(single)[0].state_dict().items():
+            assert torch.equal(alone[key], value.half().float()), key
+    card = (out / "all_styles.md").read_text()
+    assert card.startswith("# all_styles\n") and "*The Great Wave off Kanagawa*" in card
+    assert "| starry_night | 3 |" in card and "| 0.050 / 0.060 / 0.200 | [card](starry_night.md) |" in card
+    assert "| wave | 2 |" in card and "| not measured | [card](wave.md) |" in card
+    assert "fastnst convert --merge starry_night.safetensors wave.safetensors -o all_styles.safetensors" in card
+    assert bundle_style.main(["--merge", str(first), str(out / "all_styles.safetensors"), "--out", str(tmp_path)]) == 1
+    assert "--merge takes single-style models written by fastnst train" in capsys.readouterr().err
+
+
+def test_the_sheet_shows_what_the_all_styles_file_adds_a_mix(models, tmp_path, monkeypatch):
+    """With every style of a multi-style file also bundled alone, the file gets one column: its first two styles
+    mixed evenly, both paintings above it."""
+    pair, _ = load_model(models["folder"] / "pair.safetensors")
+    for index, name in enumerate(("left", "right")):
+        save_model(models["folder"] / f"{name}.safetensors", select_styles(pair, [index]), styles=[name],
+                   thumbnails=[models["thumbs"][1 + index]])
+    columns = demo.bundled_styles(models["folder"])
+    assert [(m.stem, look, label) for m, look, label, _ in columns] == [
+        ("alpha", {}, "alpha"), ("left", {}, "left"),
+        ("pair", {"style_mix": "left=0.5,right=0.5"}, "pair: left + right"), ("right", {}, "right")]
+    thumbnail = columns[2][3]
+    left, right = (decode_thumbnail(t) for t in models["thumbs"][1:])
+    assert thumbnail.shape[1] == min(left.shape[1], right.shape[1])
+    assert thumbnail.shape[2] == sum(round(t.shape[2] * thumbnail.shape[1] / t.shape[1]) for t in (left, right))
+    monkeypatch.setattr(demo, "sample_photo", lambda: models["photo"])
+    assert demo.run(models["folder"], tmp_path / "out") == 0
+    mixed = load_image(tmp_path / "out" / "pair-left0.5-right0.5" / "portrait.png")
+    with torch.no_grad():
+        expected = pair(load_image(models["photo"])[None], style=torch.tensor([[0.5, 0.5]]))[0].clamp(0, 1)
+    assert psnr(to_uint8(mixed).float(), to_uint8(expected).float()) > 40
+
+
 def test_at_least_three_bundled_styles_with_cards():
     assert len(BUNDLED) >= 3, f"checkpoints/ holds {len(BUNDLED)} bundled model(s); the project ships three or more"
 
@@ -151,7 +209,8 @@ def test_at_least_three_bundled_styles_with_cards():
 def test_bundled_model_is_small_documented_and_really_stylizes(path):
     assert path.stat().st_size < 8e6
     model, info = load_model(path)
-    assert len(info.thumbnails) == model.spec.num_styles and info.config["steps_done"] >= 300
+    records = info.config.get("parts") or [info.config]  # the all-styles file keeps each style's training record
+    assert len(info.thumbnails) == model.spec.num_styles and min(r["steps_done"] for r in records) >= 300
     card = path.with_suffix(".md").read_text()
     assert card.startswith(f"# {path.stem}\n") and "fastnst train" in card
     json.dumps(info.config)  # the whole training record is plain data

@@ -312,11 +312,12 @@ def test_merge_one_style_files_into_one_model_and_refuse_separately_trained_ones
     parts = []
     for i, name in enumerate(NAMES):
         parts.append(str(save_model(tmp_path / f"{name}.safetensors", single_from(net, torch.eye(3)[i]),
-                                    styles=[name])))
+                                    styles=[name], config={"steps_done": 100 + i})))
     merged_path = convert_model(ConvertConfig(source=None, output=str(tmp_path / "merged.safetensors"),
                                               merge=tuple(parts)))
     merged, info = load_model(merged_path)
     assert info.styles == NAMES and info.config["merged_from"] == [f"{n}.safetensors" for n in NAMES]
+    assert info.config["parts"] == [{"steps_done": 100 + i} for i in range(3)]  # each part's record, whole
     for key, value in net.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value)
     torch.manual_seed(5)

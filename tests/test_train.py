@@ -485,6 +485,26 @@ def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
     capsys.readouterr()
 
 
+def test_init_from_a_merged_file_inherits_what_its_trainings_agree_on(tmp_path):
+    from fastnst.train.config import inherited_options
+
+    def record(style_size, **loss):
+        return {"lr": 5e-3, "lr_decay": "linear", "style_size": style_size,
+                "loss": {"vgg": "vgg19", "style_weight": 50.0, "vgg_weights": str(tmp_path / "absent.pth"), **loss}}
+
+    net = TransformerNet(SPECS["light"])
+    merged = save_model(tmp_path / "all.safetensors", net, styles=["a"],
+                        config={"merged_from": ["a", "b"], "parts": [record(384), record(256, tv_weight=1.0)]})
+    train, loss = inherited_options(merged)
+    assert train == {"lr": 5e-3, "lr_decay": "linear"}  # style_size differs between the parts: not taken
+    assert loss == {"vgg": "vgg19", "style_weight": 50.0}  # nor tv_weight; the VGG file is not on this machine
+    single = save_model(tmp_path / "one.safetensors", net, styles=["a"], config=record(384))
+    assert inherited_options(single)[0] == {"lr": 5e-3, "lr_decay": "linear", "style_size": 384}
+    converted = save_model(tmp_path / "conv.safetensors", net, styles=["a"],
+                           config={"parts": [record(384), {"converted_from": "x.pth"}]})
+    assert inherited_options(converted) == ({}, {})  # one part recorded no training: nothing to agree on
+
+
 def test_a_model_file_says_the_command_that_trains_it_again(setup):
     """``TrainConfig.command()`` parsed by the CLI gives back the same config (what a card prints)."""
     from fastnst.cli import build_parser

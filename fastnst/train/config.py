@@ -181,16 +181,24 @@ def inherited_options(init: str | Path) -> tuple[dict, dict]:
     """(training options, loss options) that model file ``init`` recorded for ``INHERITED`` and ``INHERITED_LOSS``.
 
     Empty for a model that recorded no training (a converted pytorch/examples
-    file). The VGG weight file is inherited only where it exists on this machine.
+    file). A file joining several trainings (``fastnst convert --merge``, e.g. the
+    bundled all-styles file) gives what all of them agree on. The VGG weight file
+    is inherited only where it exists on this machine.
     """
     from fastnst.checkpoint import read_info
 
     record = read_info(init).config
-    loss = record.get("loss")
-    if not isinstance(loss, dict):
+    records = [r for r in record.get("parts", [record]) if isinstance(r, dict) and isinstance(r.get("loss"), dict)]
+    if not records or len(records) < len(record.get("parts", [record])):
         return {}, {}
-    train = {k: record[k] for k in INHERITED if record.get(k) is not None}
-    loss_options = {k: loss[k] for k in INHERITED_LOSS if loss.get(k) is not None}
-    if loss.get("vgg_weights") and Path(loss["vgg_weights"]).is_file():
-        loss_options["vgg_weights"] = loss["vgg_weights"]
+
+    def agreed(key: str, loss: bool) -> object:
+        values = [(r["loss"] if loss else r).get(key) for r in records]
+        return values[0] if all(v == values[0] for v in values) else None
+
+    train = {k: agreed(k, False) for k in INHERITED if agreed(k, False) is not None}
+    loss_options = {k: agreed(k, True) for k in INHERITED_LOSS if agreed(k, True) is not None}
+    weights = agreed("vgg_weights", True)
+    if weights and Path(weights).is_file():
+        loss_options["vgg_weights"] = weights
     return train, loss_options
