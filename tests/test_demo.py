@@ -154,9 +154,10 @@ def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path
                     style_layers="relu2_2", style_weight=1e3)
     common = dict(data=str(photos), spec="light", image_size=32, batch_size=2, workers=0, holdout=1,
                   checkpoint_every=0, sample_every=0)
-    first = fit(TrainConfig(style=(str(tmp_path / "starry_night.png"),), output=str(tmp_path / "runs" / "starry_night.safetensors"),
+    runs = tmp_path / "runs"
+    first = fit(TrainConfig(style=(str(tmp_path / "starry_night.png"),), output=str(runs / "starry_night.safetensors"),
                             loss=loss, steps=3, **common))
-    second = fit(TrainConfig(style=(str(tmp_path / "wave.png"),), output=str(tmp_path / "runs" / "wave.safetensors"), loss=loss,
+    second = fit(TrainConfig(style=(str(tmp_path / "wave.png"),), output=str(runs / "wave.safetensors"), loss=loss,
                              steps=2, init=str(first), **common))  # its norm rows on the first one's trunk
     quality = tmp_path / "quality.json"
     quality.write_text(json.dumps({"starry_night": {"ratios": {"1": 0.05, "0.5": 0.06, "0.25": 0.2}}}))
