@@ -485,6 +485,23 @@ def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
     capsys.readouterr()
 
 
+def test_init_inherits_the_crop_with_the_image_size_unless_the_size_is_given(setup, capsys):
+    base = ["train", "--data", str(setup["photos"]), "--spec", "light", "--batch-size", "2", "--workers", "0",
+            "--holdout", "2", "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2", "--checkpoint-every",
+            "0", "--sample-every", "0", "--steps", "1"]
+    first = setup["out"] / "cropped.safetensors"
+    assert main([*base, "--style", str(setup["style"]), "-o", str(first), "--image-size", "40",
+                 "--crop-size", "32"]) == 0
+    inherited, resized = setup["out"] / "inherited.safetensors", setup["out"] / "resized.safetensors"
+    assert main([*base, "--init", str(first), "--style", str(setup["style"]), "-o", str(inherited)]) == 0
+    assert main([*base, "--init", str(first), "--style", str(setup["style"]), "-o", str(resized),
+                 "--image-size", "36"]) == 0
+    config, other = read_info(inherited).config, read_info(resized).config
+    assert (config["image_size"], config["crop_size"]) == (40, 32)  # the init model's recipe, whole
+    assert (other["image_size"], other["crop_size"]) == (36, None)  # its crop was of another size: not taken
+    capsys.readouterr()
+
+
 def test_init_from_a_merged_file_inherits_what_its_trainings_agree_on(tmp_path):
     from fastnst.train.config import inherited_options
 

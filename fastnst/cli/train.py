@@ -122,8 +122,9 @@ def _inherit(args: argparse.Namespace, options: dict, per_style: bool) -> None:
 
     train, loss = inherited_options(args.init)
     taken = []
+    sized_by_user = options["image_size"] is not None  # then the init model's crop (of its own size) does not fit
     for name, value in train.items():
-        if options[name] is None and not (name == "crop_size" and options["image_size"] is not None):
+        if options[name] is None and not (name == "crop_size" and sized_by_user):
             options[name] = value
             taken.append(f"{name}={value}")
     for name, value in loss.items():
