@@ -49,6 +49,9 @@ TRUNK_CREDIT = ("the rain_princess network of pytorch/examples' fast_neural_styl
                 "Pytorch contributors; the licence is in checkpoints/NOTICE.md), converted by `fastnst convert`")
 
 
+TRUNK_COMMAND = "fastnst convert ../shared/data/models/rain_princess.pth -o rain_princess.safetensors"
+
+
 def _show(path: str) -> str:
     """``path`` as seen from the repository root when it is in the data folder beside it (``../shared/...``) or in
     the repository, else as recorded: the card's command runs as written from the repository root."""
@@ -61,8 +64,10 @@ def _show(path: str) -> str:
 
 
 def command_line(config: dict, name: str) -> str:
-    """The ``fastnst train`` command that reproduces the run, writing ``<name>.safetensors``."""
-    train = TrainConfig.from_record({**config, "output": f"{name}.safetensors"})
+    """The ``fastnst train`` command that reproduces the run, writing ``<name>.safetensors``; an ``--init`` model
+    by its file name (``TRUNK_COMMAND`` makes the bundled styles' trunk in the current folder)."""
+    init = Path(config["init"]).name if config.get("init") else None
+    train = TrainConfig.from_record({**config, "output": f"{name}.safetensors", "init": init})
     steps = ["--steps", str(config["steps_done"])] if train.steps is None else []
     return " ".join(["fastnst train", *train.command(show=_show), *steps])
 
@@ -112,6 +117,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
+        *([TRUNK_COMMAND] if config.get("init") and Path(config["init"]).name == "rain_princess.safetensors" else []),
         command_line(config, name),
         "```",
     ]
@@ -129,7 +135,8 @@ def quality_lines(quality: dict) -> list[str]:
     if "photos" in quality:
         lines += [
             "",
-            f"Against optimization on {quality['photos']} held-out photos at {quality['size']} px, the training's "
+            f"Against optimization on {quality['photos']} held-out photo{'s' * (quality['photos'] != 1)} at "
+            f"{quality['size']} px, the training's "
             "loss (`scripts/eval_styles.py`; median per photo):",
             "",
             "| | style loss | content loss | seconds per photo |",
@@ -140,7 +147,7 @@ def quality_lines(quality: dict) -> list[str]:
             f"{quality['lbfgs_content']:.4g} | {quality['lbfgs_seconds']:.1f} |",
             "",
             f"Style loss model / L-BFGS {quality['model_style'] / quality['lbfgs_style']:.2f} (bar <= 1; the model "
-            f"is lower on {quality['model_wins']} of {quality['photos']} photos); time ratio "
+            f"is lower on {quality['model_wins']} of {quality['photos']}); time ratio "
             f"{quality['model_seconds'] / quality['lbfgs_seconds']:.5f} (bar < 0.01). Model: one torch fp32 "
             "forward pass, timed after a warm-up.",
         ]
