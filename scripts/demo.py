@@ -137,16 +137,16 @@ def stylize_all(photo: Path, models: Path, out: Path) -> list[tuple[str, torch.T
     return columns
 
 
-def rain_princess_check() -> None:
+def rain_princess_check(out: Path = OUT) -> None:
     """The converted pytorch/examples model against its project's output, when ../shared is there."""
     legacy, photo = SHARED / "models" / "rain_princess.pth", SHARED / "content" / "amber.jpg"
     if not legacy.is_file() or not photo.is_file():
         return
-    model = OUT / "rain_princess.safetensors"
+    model = out / "rain_princess.safetensors"
     print(f"$ fastnst convert {legacy} -o {model}")
     if main(["convert", str(legacy), "-o", str(model)]) != 0:
         return
-    folder = OUT / "rain_princess"
+    folder = out / "rain_princess"
     if main(["stylize", "-m", str(model), str(photo), "-o", str(folder), "--overwrite"]) != 0:
         return
     result = np.asarray(Image.open(folder / photo.name).convert("RGB"), np.float64)
@@ -171,7 +171,7 @@ def run(models: Path = REPO / "checkpoints", out: Path = OUT) -> int:
     sheet = save_image(contact_sheet(load_image(photo), columns), out / "contact_sheet.jpg", quality=90)
     print(f"wrote {sheet}: {photo.name} and {len(columns)} style(s) ({', '.join(c[0] for c in columns)})")
     if models == REPO / "checkpoints":
-        rain_princess_check()
+        rain_princess_check(out)
     return 0
 
 
