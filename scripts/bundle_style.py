@@ -2,13 +2,14 @@
 
     python scripts/bundle_style.py runs/starry_night.safetensors            # name from the style image
     python scripts/bundle_style.py runs/wave.safetensors --quality runs/quality.json
-    python scripts/bundle_style.py --merge runs/starry_night.safetensors runs/wave.safetensors ... \
-        --name all_styles --quality runs/quality.json                        # the all-styles file
+    python scripts/bundle_style.py --merge checkpoints/starry_night.safetensors checkpoints/wave.safetensors ... \
+        --quality runs/quality.json          # the all-styles file, from the bundled singles
 
-``--merge`` joins single-style models trained on one trunk (``fastnst train --init``)
-into one conditional-instance-norm file (``fastnst.convert.merge_models``), whose
-record keeps each part's training record whole, and writes its card: a table of
-the styles with their steps, time and style ratios, pointing to each style's card.
+``--merge`` joins bundled single-style files trained on one trunk (``fastnst train
+--init``) into one conditional-instance-norm file (``fastnst convert --merge``: its
+record keeps each part's training record whole, and the thumbnails come along),
+and writes its card: a table of the styles with their steps, time and style
+ratios, pointing to each style's card.
 
 The bundled file stores fp16 weights (3.4 MB instead of 6.7 MB for the default
 network; they load as fp32) and one thumbnail of each style image, which the
@@ -26,8 +27,8 @@ import json
 import sys
 from pathlib import Path
 
-from fastnst.checkpoint import load_model, save_model
-from fastnst.convert import merge_models
+from fastnst.checkpoint import load_model, read_info, save_model
+from fastnst.convert import ConvertConfig, convert_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
 from fastnst.train.config import TrainConfig
@@ -200,25 +201,23 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
 
 
 def bundle_merged(paths: list[Path], args: argparse.Namespace) -> int:
-    loaded = [load_model(path) for path in paths]
-    for path, (net, info) in zip(paths, loaded):
-        if net.spec.num_styles != 1 or "steps_done" not in info.config:
-            print(f"{path}: --merge takes single-style models written by fastnst train", file=sys.stderr)
+    """``fastnst convert --merge`` of bundled single-style files (fp16, with thumbnails), and the joined file's card."""
+    for path in paths:
+        info = read_info(path)
+        if info.spec.num_styles != 1 or "steps_done" not in info.config or not info.thumbnails:
+            print(f"{path}: --merge takes single-style models written by fastnst train, with their thumbnails "
+                  "(bundle each first: scripts/bundle_style.py MODEL)", file=sys.stderr)
             return 1
-    model = merge_models([(net, path.name) for (net, _), path in zip(loaded, paths)])
-    styles = tuple(info.styles[0] for _, info in loaded)
-    thumbnails = tuple(info.thumbnails[0] if info.thumbnails else encode_thumbnail(info.config["style"][0])
-                       for _, info in loaded)
-    parts = [info.config for _, info in loaded]
-    config = {"merged_from": [f"{style}.safetensors" for style in styles], "parts": parts}
     name = args.name or "all_styles"
-    path = save_model(args.out / f"{name}.safetensors", model, styles=styles, config=config, half=True,
-                      thumbnails=thumbnails)
+    path = convert_model(ConvertConfig(source=None, output=str(args.out / f"{name}.safetensors"),
+                                       merge=tuple(str(p) for p in paths), half=True))
+    info = read_info(path)
     quality = json.loads(args.quality.read_text()) if args.quality else {}
     card_path = args.out / f"{name}.md"
     with atomic_path(card_path) as tmp:
-        Path(tmp).write_text(merged_card(name, styles, parts, path.stat().st_size / 1e6, quality))
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, styles {', '.join(styles)}) and {card_path}")
+        Path(tmp).write_text(merged_card(name, info.styles, info.config["parts"], path.stat().st_size / 1e6,
+                                         quality))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, styles {', '.join(info.styles)}) and {card_path}")
     return 0
 
 
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, nargs="?", help="a model file written by fastnst train")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="MODEL",
-                        help="join these single-style models (one trunk) into one file instead")
+                        help="join these bundled single-style files (one trunk) into one file instead")
     parser.add_argument("--name", help="bundled name (default: the style image's file stem; all_styles with --merge)")
     parser.add_argument("--out", type=Path, default=REPO / "checkpoints", help="folder (default checkpoints/)")
     parser.add_argument("--quality", type=Path, help="quality.json written by scripts/eval_styles.py")

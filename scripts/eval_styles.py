@@ -55,11 +55,6 @@ RATIO_SCALES = (1.0, 0.5, 0.25)
 BAR_RATIO = 0.10
 
 
-def photo_tensor(path: str | Path, long_side: int) -> torch.Tensor:
-    """A photo with its long side at ``long_side`` px, (1, 3, H, W) in 0–1: the style images' resize rule."""
-    return load_style_image(path, long_side)
-
-
 def stylized(model, photo: torch.Tensor) -> torch.Tensor:
     """The model's output for ``photo``, quantised to 8 bits as a saved file would be."""
     with torch.no_grad():
@@ -72,7 +67,7 @@ def ratios(model, config: TrainConfig, vgg, args: argparse.Namespace) -> dict[st
     style = load_style_image(config.style[0], config.style_size or args.ratio_size)
     per_scale: dict[float, list[float]] = {scale: [] for scale in RATIO_SCALES}
     for name in CLASSIC:
-        photo = photo_tensor(CONTENT / f"{name}.jpg", args.ratio_size)
+        photo = load_style_image(CONTENT / f"{name}.jpg", args.ratio_size)
         for scale, value in style_ratios(vgg, stylized(model, photo), photo, style, spec).items():
             per_scale[scale].append(value)
     return {f"{scale:g}": statistics.median(values) for scale, values in per_scale.items()}
@@ -106,9 +101,9 @@ def against_optimization(model, config: TrainConfig, held_out: list[str], vgg, a
         if cache_path.is_file() else {}
     rows = []
     for path in held_out[:args.photos]:
-        photo = photo_tensor(path, args.size)
+        photo = load_style_image(path, args.size)
         reference = optimization(path, config, args, out, cache)
-        optimized = photo_tensor(out / "lbfgs" / reference["image"], args.size)
+        optimized = load_style_image(out / "lbfgs" / reference["image"], args.size)
         with torch.no_grad():
             model(photo)  # warm-up: the first call at a size allocates
             start = time.perf_counter()
@@ -130,8 +125,8 @@ def contact_sheet(model, rows: list[dict], out: Path, path: Path, height: int = 
 
     cells = []
     for row in rows[:4]:
-        photo = photo_tensor(row["source"], height * 2)
-        images = [photo, stylized(model, photo), photo_tensor(out / "lbfgs" / row["lbfgs_image"], height * 2)]
+        photo = load_style_image(row["source"], height * 2)
+        images = [photo, stylized(model, photo), load_style_image(out / "lbfgs" / row["lbfgs_image"], height * 2)]
         cells.append([resize_to(Image.fromarray((i[0].permute(1, 2, 0) * 255).round().byte().numpy()),
                                 scaled_size(i.shape[-1], i.shape[-2], height)) for i in images])
     width = max(sum(c.width for c in row) for row in cells)

@@ -196,8 +196,8 @@ def inherited_options(init: str | Path) -> tuple[dict, dict]:
         values = [(r["loss"] if loss else r).get(key) for r in records]
         return values[0] if all(v == values[0] for v in values) else None
 
-    train = {k: agreed(k, False) for k in INHERITED if agreed(k, False) is not None}
-    loss_options = {k: agreed(k, True) for k in INHERITED_LOSS if agreed(k, True) is not None}
+    train = {k: v for k in INHERITED if (v := agreed(k, False)) is not None}
+    loss_options = {k: v for k in INHERITED_LOSS if (v := agreed(k, True)) is not None}
     weights = agreed("vgg_weights", True)
     if weights and Path(weights).is_file():
         loss_options["vgg_weights"] = weights

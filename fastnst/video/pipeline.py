@@ -49,7 +49,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from fastnst.errors import FileError, first_line
 from fastnst.files import atomic_path, lock_folder, remove_temporaries_of
 from fastnst.images import stack_pixels
-from fastnst.stylize.inputs import Job, MediaKind, discover, prepare_output_dir
+from fastnst.stylize.inputs import Discovery, Job, MediaKind, discover, prepare_output_dir
 from fastnst.stylize.pipeline import LOCK_NAME, StylizeReport, open_report, tally
 from fastnst.stylize.stylizer import Stylizer
 from fastnst.video import io
@@ -102,20 +102,19 @@ def stylize_video(config: VideoConfig, stylizer: Stylizer | None = None) -> Vide
     output_dir = prepare_output_dir(config.output_dir)
     with lock_folder(output_dir, LOCK_NAME):  # the lock ``fastnst stylize`` takes: one run writes a folder at a time
         found = discover(config.inputs, output_dir, kind=VIDEOS)
-        jobs, failures = found.jobs, found.failures
         stylizer = stylizer or Stylizer(config.model, backend=config.backend, device=config.device,
                                         dtype=config.dtype, strength=config.strength,
                                         preserve_color=config.preserve_color, style=config.style,
                                         style_mix=config.style_mix, stroke_scale=config.stroke_scale)
-        return _run(config, stylizer, jobs, failures)
+        return _run(config, stylizer, found)
 
 
-def _run(config: VideoConfig, stylizer: Stylizer, jobs: list[Job], failures: list[tuple[str, str]]) -> VideoReport:
+def _run(config: VideoConfig, stylizer: Stylizer, found: Discovery) -> VideoReport:
     report = VideoReport(report_path=Path(config.report) if config.report else None)
-    with open_report(report.report_path) as records, _Engine(config, stylizer, jobs) as engine:
-        for source, reason in failures:
+    with open_report(report.report_path) as records, _Engine(config, stylizer, found.jobs) as engine:
+        for source, reason in found.failures:
             _tally(report, records, Record(source, None, "failed", reason))
-        for job in jobs:
+        for job in found.jobs:
             _tally(report, records, engine.stylize(job))
     return report
 
