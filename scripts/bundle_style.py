@@ -31,7 +31,7 @@ from fastnst.checkpoint import load_model, read_info, save_model
 from fastnst.convert import ConvertConfig, convert_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
-from fastnst.train.config import TrainConfig
+from fastnst.train.config import TrainConfig, training_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,13 +64,43 @@ def _show(path: str) -> str:
     return path
 
 
-def command_line(config: dict, name: str) -> str:
-    """The ``fastnst train`` command that reproduces the run, writing ``<name>.safetensors``; an ``--init`` model
-    by its file name (``TRUNK_COMMAND`` makes the bundled styles' trunk in the current folder)."""
-    init = Path(config["init"]).name if config.get("init") else None
-    train = TrainConfig.from_record({**config, "output": f"{name}.safetensors", "init": init})
+def stage_names(name: str, count: int) -> list[str]:
+    """The file each stage writes: ``<name>-stage1.safetensors``, ..., the last one ``<name>.safetensors``."""
+    return [f"{name}-stage{i + 1}.safetensors" for i in range(count - 1)] + [f"{name}.safetensors"]
+
+
+def command_line(config: dict, output: str, init: str | None = None) -> str:
+    """The ``fastnst train`` command that reproduces one run, writing ``output``; its ``--init`` model by file name
+    (``init`` when given: the previous stage's file; ``TRUNK_COMMAND`` makes the bundled styles' trunk)."""
+    init = init or (Path(config["init"]).name if config.get("init") else None)
+    train = TrainConfig.from_record({**config, "output": output, "init": init})
     steps = ["--steps", str(config["steps_done"])] if train.steps is None else []
     return " ".join(["fastnst train", *train.command(show=_show), *steps])
+
+
+def commands(config: dict, name: str) -> list[str]:
+    """Every command that makes ``<name>.safetensors`` again, from the trunk through each stage."""
+    chain = training_stages(config)
+    outputs = stage_names(name, len(chain))
+    root = chain[0].get("init")
+    return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
+            *(command_line(stage, out, outputs[i - 1] if i else None)
+              for i, (stage, out) in enumerate(zip(chain, outputs)))]
+
+
+def totals(config: dict) -> tuple[int, float | None]:
+    """(steps, training seconds) over every stage; seconds None when a stage did not record its time."""
+    chain = training_stages(config)
+    seconds = [stage.get("train_seconds") for stage in chain]
+    return sum(stage["steps_done"] for stage in chain), (None if None in seconds else sum(seconds))
+
+
+def _schedule(config: dict) -> str:
+    return "constant" if config["lr_decay"] == "none" else f"{config['lr_decay']} decay"
+
+
+def _scales(config: dict) -> str:
+    return "scales " + ", ".join(f"{s:g}" for s in config["loss"].get("style_scales", [1]))
 
 
 def _cropping(config: dict) -> str:
@@ -81,7 +111,10 @@ def _cropping(config: dict) -> str:
 def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train_seconds: float | None,
          quality: dict | None, remark: str | None = None) -> str:
     losses = config.get("final_losses") or {}
-    schedule = "constant" if config["lr_decay"] == "none" else f"{config['lr_decay']} decay"
+    chain = training_stages(config)
+    staged = len(chain) > 1
+    optimiser = "lr and seed as each stage says" if staged else \
+        f"lr {config['lr']:g} ({_schedule(config)}), seed {config['seed']}"
     hours = f"{train_seconds / 3600:.2f} h ({train_seconds:,.0f} s)" if train_seconds else "not recorded"
     lines = [
         f"# {name}",
@@ -99,32 +132,46 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         "",
         f"- Data: `{_show(config['data'])}`, real photographs (100 BSDS500 val, 100 ImageNet samples, 6 others); "
         f"{len(config.get('held_out') or [])} held out for evaluation, the rest trained on; short side resized "
-        f"to {config['image_size']} px and {_cropping(config)}, batch {config['batch_size']}, a fresh shuffle "
+        f"to {config['image_size']} px and {'cropped as each stage says' if staged else _cropping(config)}, "
+        f"batch {config['batch_size']}, a fresh shuffle "
         "each epoch.",
         f"- Loss network: {config['loss']['vgg'].upper()}, weights `{Path(config['loss']['vgg_weights']).name}` "
         f"(flavour {config['loss']['vgg_flavour']}); style "
         f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "
         f"weights content {config['loss']['content_weight']:g}, style {config['loss']['style_weight']:g}, "
-        f"TV {config['loss']['tv_weight']:g}; style loss averaged over scales "
-        f"{', '.join(f'{s:g}' for s in config['loss'].get('style_scales', [1]))}.",
-        f"- Optimiser: Adam, lr {config['lr']:g} ({schedule}), seed {config['seed']}, "
-        f"autocast {config['amp']}.",
-        f"- Steps: {config['steps_done']:,} ({config['steps_done'] * config['batch_size']:,} images).",
+        f"TV {config['loss']['tv_weight']:g}; style loss averaged over "
+        f"{_scales(config) if len({_scales(stage) for stage in chain}) == 1 else 'the scales each stage says'}.",
+        f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
+        *steps_lines(config),
         f"- Time: {hours} on {config.get('hardware') or 'the CPU machine (2 cores) of the project'}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
         *([f"- Shared weights (everything but this style's norm rows, which alone trained): "
-           f"`{Path(config['init']).name}`, {TRUNK_CREDIT}."] if config.get("init") else []),
+           f"`{Path(chain[0]['init']).name}`, {TRUNK_CREDIT}."] if chain[0].get("init") else []),
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
-        *([TRUNK_COMMAND] if config.get("init") and Path(config["init"]).name == "rain_princess.safetensors" else []),
-        command_line(config, name),
+        *commands(config, name),
         "```",
     ]
     if quality:
         lines += ["", "## Quality bar", "", *quality_lines(quality)]
     return "\n".join(lines) + "\n"
+
+
+def steps_lines(config: dict) -> list[str]:
+    """The card's steps: one line, or one per stage (what changed between them) for a model trained in stages."""
+    chain = training_stages(config)
+    steps = totals(config)[0]
+    images = sum(stage["steps_done"] * stage["batch_size"] for stage in chain)
+    if len(chain) == 1:
+        return [f"- Steps: {steps:,} ({images:,} images)."]
+    lines = [f"- Steps: {steps:,} ({images:,} images) in {len(chain)} stages, each starting from the rows the "
+             "stage before trained (the commands below):"]
+    for i, stage in enumerate(chain):
+        lines.append(f"  {i + 1}. {stage['steps_done']:,} steps on photos {_cropping(stage)}, lr {stage['lr']:g} "
+                     f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}.")
+    return lines
 
 
 def quality_lines(quality: dict) -> list[str]:
@@ -169,9 +216,9 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
     for style, config in zip(styles, parts):
         ratios = (quality.get(style) or {}).get("ratios")
         shown = " / ".join(f"{ratios[k]:.3f}" for k in ("1", "0.5", "0.25")) if ratios else "not measured"
-        seconds = config.get("train_seconds")
+        steps, seconds = totals(config)
         hours = f"{seconds / 3600:.2f} h" if seconds else "not recorded"
-        rows.append(f"| {style} | {config['steps_done']:,} | {hours} | {shown} | [card]({style}.md) |")
+        rows.append(f"| {style} | {steps:,} | {hours} | {shown} | [card]({style}.md) |")
     trained = " ".join(f"{style}.safetensors" for style in styles)
     lines = [
         f"# {name}",
@@ -248,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = None
     if args.quality:
         quality = json.loads(args.quality.read_text()).get(name)
-    seconds = config.get("train_seconds")
+    seconds = totals(config)[1]
     card_path = args.out / f"{name}.md"
     with atomic_path(card_path) as tmp:
         Path(tmp).write_text(card(name, config, info.styles, path.stat().st_size / 1e6, seconds, quality,

@@ -2,28 +2,33 @@
 
     python scripts/train_bundled.py --photos ../shared/data/photos \\
         --vgg-weights ../shared/data/vgg/vgg19_caffe_block1-3.pth --trunk rain_princess.safetensors --out runs/bundled
-    python scripts/train_bundled.py ... --device cpu --steps 20        # a smoke run anywhere
+    python scripts/train_bundled.py ... --device cpu --steps 2 2 2     # a smoke run anywhere
 
 The recipe is docs/recipe.md's: each style's instance-norm rows trained on the frozen
 trunk (``fastnst train --init TRUNK``; the trunk is pytorch/examples' rain_princess
 network, ``fastnst convert rain_princess.pth -o rain_princess.safetensors``) against
-the Caffe VGG19's recipe loss (its defaults: style relu1_1-relu3_1 at scales 1, ½, ¼,
-weight 50), 256-px crops of photos scaled to 384 px, style images at 384 px, Adam
-lr 5e-3 decaying linearly, batch 4, bf16 autocast, 20 photos held out, seed 42.
+the Caffe VGG19's recipe loss (style relu1_1-relu3_1, weight 50), batch 4, bf16
+autocast, 20 photos held out, in three stages, each starting from the rows the one
+before trained (``--init`` of the previous stage's file, whose record the next keeps):
 
-One ``fastnst train`` process per style, all at once on the one GPU (each is small:
-a 1.7 M-parameter network and VGG19 to relu3_1 on 256-px crops, so together they
-fill the device far better than one at a time), each resumable (``--resume auto``:
-run the script again after an interruption). At the end: per style its steps,
-images/s and wall time; the single-style files (``OUT/runs/<style>.safetensors``: with
-``--init`` a run writes its new style alone) and ``OUT/all_styles.safetensors``
-(``fastnst convert --merge``: the styles share the trunk, so they join into one
-conditional-instance-norm network). Then
+1. 256-px crops of photos scaled to 384 px, style loss at scales 1, ½, ¼, Adam lr 5e-3
+   decaying linearly, seed 42 (``STAGE_STEPS[0]`` steps);
+2. the whole 384-px photos (the ¼ branch sees 96 px, not 64), lr 2e-3, seed 43;
+3. as 2, the style loss at ½ and ¼ only (the scale-1 ratio has room to spare, ¼ has not).
+
+One chain of ``fastnst train`` processes per style, the styles all at once on the
+one GPU (each is small: a 1.7 M-parameter network and VGG19 to relu3_1, so together
+they fill the device far better than one at a time), each resumable (``--resume auto``:
+run the script again after an interruption; finished stages are kept). At the end:
+per style and stage its steps, images/s and time; the single-style files
+(``OUT/runs/<style>.safetensors``: with ``--init`` a run writes its new style alone)
+and ``OUT/all_styles.safetensors`` (``fastnst convert --merge``: the styles share the
+trunk, so they join into one conditional-instance-norm network). Then
 ``scripts/eval_styles.py`` and ``scripts/bundle_style.py`` make the cards.
 
-Sized for a large GPU: at 1,200 steps of 4 (4,800 images a style) the five runs
-need ~24,000 image-steps; at an H100-class GPU's ~60 images/s for each of five
-concurrent runs this is a few minutes. Raise ``--steps`` for longer training.
+Sized for a large GPU: at 1,200 + 300 + 150 steps of 4 (6,600 images a style, half of
+them whole 384-px photos) the five runs need ~45,000 image-steps of 256 px; at an
+H100-class GPU's ~60 images/s for each of five concurrent runs this is a few minutes.
 """
 
 from __future__ import annotations
@@ -31,25 +36,49 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from bundle_style import stage_names  # scripts/, beside this file
 
 from fastnst.checkpoint import read_info
 
 REPO = Path(__file__).resolve().parents[1]
 STYLES = ("starry_night", "wave", "the_scream", "composition_vii", "the_shipwreck_of_the_minotaur")
-RECIPE = ["--image-size", "384", "--crop-size", "256", "--style-size", "384", "--lr", "5e-3", "--lr-decay", "linear",
-          "--batch-size", "4", "--seed", "42", "--holdout", "20", "--vgg", "vgg19", "--vgg-flavour", "caffe"]
+RECIPE = ["--image-size", "384", "--style-size", "384", "--lr-decay", "linear", "--batch-size", "4", "--holdout", "20",
+          "--vgg", "vgg19", "--vgg-flavour", "caffe"]
+STAGES = (["--crop-size", "256", "--lr", "5e-3", "--seed", "42", "--style-scales", "1,0.5,0.25"],
+          ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "1,0.5,0.25"],
+          ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "0.5,0.25"])
+STAGE_STEPS = (1200, 300, 150)
 
 
-def command(style: str, args: argparse.Namespace) -> list[str]:
-    """The ``fastnst train`` command of one style."""
-    return [sys.executable, "-m", "fastnst", "-v", "train", "--init", str(args.trunk),
+def outputs(style: str, args: argparse.Namespace) -> list[Path]:
+    """The file each stage writes (``scripts/bundle_style.py``'s names): ``<style>-stage1``, ..., ``<style>``."""
+    return [args.out / "runs" / name for name in stage_names(style, len(STAGES))]
+
+
+def command(style: str, stage: int, args: argparse.Namespace) -> list[str]:
+    """The ``fastnst train`` command of one style's stage (0-based): ``--init`` the trunk, then the stage before."""
+    init = args.trunk if stage == 0 else outputs(style, args)[stage - 1]
+    return [sys.executable, "-m", "fastnst", "-v", "train", "--init", str(init),
             "--style", str(args.styles / f"{style}.jpg"), "--data", str(args.photos),
-            "-o", str(args.out / "runs" / f"{style}.safetensors"), *RECIPE, "--steps", str(args.steps),
+            "-o", str(outputs(style, args)[stage]), *RECIPE, *STAGES[stage], "--steps", str(args.steps[stage]),
             "--amp", args.amp, "--device", args.device, "--workers", str(args.workers),
             "--vgg-weights", str(args.vgg_weights), "--checkpoint-every", "100", "--log-every", "50",
             "--resume", "auto"]
+
+
+def run_style(style: str, args: argparse.Namespace, failed: list[str]) -> None:
+    """One style's stages in turn (a finished stage's file is kept); a failed stage stops the style."""
+    with (args.out / "runs" / f"{style}.log").open("a") as log:
+        for stage, output in enumerate(outputs(style, args)):
+            if output.is_file() and read_info(output).config.get("steps_done") == args.steps[stage]:
+                continue
+            if subprocess.run(command(style, stage, args), stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                failed.append(style)
+                return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vgg-weights", type=Path, required=True, help="Caffe VGG19 weights (to relu3_1 at least)")
     parser.add_argument("--trunk", type=Path, required=True, help="the converted rain_princess model file")
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs, logs and model files")
-    parser.add_argument("--steps", type=int, default=1200, help="steps per style (default 1200)")
+    parser.add_argument("--steps", type=int, nargs=len(STAGES), default=list(STAGE_STEPS), metavar="N",
+                        help=f"steps of each stage (default {' '.join(map(str, STAGE_STEPS))})")
     parser.add_argument("--device", default="cuda", help="default cuda; cpu for a smoke run")
     parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
     parser.add_argument("--workers", type=int, default=4, help="photo-decoding processes per run (default 4)")
@@ -68,29 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = {}
-    for style in args.only:
-        log = (args.out / "runs" / f"{style}.log").open("a")
-        runs[style] = (subprocess.Popen(command(style, args), stdout=log, stderr=subprocess.STDOUT), log)
-        print(f"started {style}: log {log.name}", flush=True)
-    failed = []
-    for style, (process, log) in runs.items():
-        if process.wait() != 0:
-            failed.append(style)
-        log.close()
+    failed: list[str] = []
+    threads = [threading.Thread(target=run_style, args=(style, args, failed)) for style in args.only]
+    for style, thread in zip(args.only, threads):
+        thread.start()
+        print(f"started {style}: log {args.out / 'runs' / (style + '.log')}", flush=True)
+    for thread in threads:
+        thread.join()
     wall = time.perf_counter() - start
     for style in args.only:
         if style in failed:
             print(f"{style}: failed, see {args.out / 'runs' / (style + '.log')}", file=sys.stderr)
             continue
-        config = read_info(args.out / "runs" / f"{style}.safetensors").config
-        images = config["steps_done"] * config["batch_size"]
-        print(f"{style}: {config['steps_done']} steps, {images / config['train_seconds']:.1f} img/s, "
-              f"{config['train_seconds']:.0f} s training, on {config['hardware']}")
+        for stage, output in enumerate(outputs(style, args)):
+            config = read_info(output).config
+            images = config["steps_done"] * config["batch_size"]
+            print(f"{style} stage {stage + 1}: {config['steps_done']} steps, "
+                  f"{images / config['train_seconds']:.1f} img/s, {config['train_seconds']:.0f} s training, "
+                  f"on {config['hardware']}")
     print(f"all runs: {wall:.0f} s wall")
     if failed:
         return 1
-    singles = [str(args.out / "runs" / f"{style}.safetensors") for style in args.only]
+    singles = [str(outputs(style, args)[-1]) for style in args.only]
     if len(singles) > 1:
         subprocess.run([sys.executable, "-m", "fastnst", "convert", "--merge", *singles,
                         "-o", str(args.out / "all_styles.safetensors")], check=True)

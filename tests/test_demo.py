@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from fastnst.images import decode_thumbnail, encode_thumbnail, load_image, to_te
 from fastnst.losses import LossSpec
 from fastnst.models.transformer import SPECS, TransformerNet, select_styles
 from fastnst.train import TrainConfig, fit
+from fastnst.train.config import training_stages
 
 from conftest import REPO, gradient_image, psnr
 
@@ -26,6 +30,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bundle_style  # noqa: E402
 import demo  # noqa: E402
 import make_gallery  # noqa: E402
+import train_bundled  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUNDLED = sorted((REPO / "checkpoints").glob("*.safetensors"))
@@ -143,13 +148,78 @@ def test_bundling_writes_fp16_weights_thumbnails_and_a_card_whose_command_reprod
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path, vgg_file, capsys):
-    photos = tmp_path / "photos"
+def training_inputs(folder: Path, styles: dict[str, int], suffix: str = ".png") -> Path:
+    """Five small photos in ``folder/photos`` (returned) and one picture per style, ``folder/<name><suffix>``,
+    drawn with its seed."""
+    photos = folder / "photos"
     photos.mkdir()
     for i in range(5):
         gradient_image(40 + 3 * i, 36, seed=i).save(photos / f"p{i}.jpg")
-    for name, seed in (("starry_night", 100), ("wave", 101)):
-        gradient_image(48, 48, seed=seed).save(tmp_path / f"{name}.png")
+    for name, seed in styles.items():
+        gradient_image(48, 48, seed=seed).save(folder / f"{name}{suffix}")
+    return photos
+
+
+def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_stage(tmp_path, vgg_file, monkeypatch):
+    photos = training_inputs(tmp_path, {"trunk_style": 7, "wave": 101})
+    loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
+                    style_layers="relu2_2", style_weight=1e3)
+    common = dict(data=str(photos), spec="light", image_size=40, batch_size=2, workers=0, holdout=1, loss=loss,
+                  checkpoint_every=0, sample_every=0, style=(str(tmp_path / "wave.png"),))
+    runs = tmp_path / "runs"
+    trunk = fit(TrainConfig(**{**common, "style": (str(tmp_path / "trunk_style.png"),)},
+                            output=str(runs / "trunk.safetensors"), steps=2))
+    first = fit(TrainConfig(**common, output=str(runs / "a.safetensors"), steps=2, crop_size=24, init=str(trunk)))
+    second = fit(TrainConfig(**common, output=str(runs / "b.safetensors"), steps=3, lr=2e-3, seed=5, init=str(first)))
+    out = tmp_path / "checkpoints"
+    assert bundle_style.main([str(second), "--out", str(out)]) == 0
+    card = (out / "wave.md").read_text()
+    assert "Steps: 5 (10 images) in 2 stages" in card and "trunk.safetensors`" in card
+    assert "1. 2 steps on photos a random 24 px square cropped" in card and "2. 3 steps on photos centre-cropped, " \
+        "lr 0.002 (" in card and ", seed 5, style loss at scales 1." in card
+    commands = [line for line in card.splitlines() if line.startswith("fastnst train")]
+    assert len(commands) == 2 and "-o wave-stage1.safetensors" in commands[0] and "--init trunk.safetensors" in \
+        commands[0] and "-o wave.safetensors" in commands[1] and "--init wave-stage1.safetensors" in commands[1]
+    # Run as written, in a fresh folder holding only the trunk: the stages give the same network again.
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copy(trunk, rerun / "trunk.safetensors")
+    monkeypatch.chdir(rerun)
+    for command in commands:
+        assert main(shlex.split(command)[1:] + ["--workers", "0"]) == 0
+    again, original = load_model(rerun / "wave.safetensors")[0], load_model(second)[0]
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_train_bundled_runs_the_recipe_s_stages_in_turn_and_keeps_finished_ones(tmp_path, vgg_file):
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    photos = training_inputs(styles, {"trunk": 100, "wave": 101}, suffix=".jpg")
+    vgg = vgg_file("vgg19", "relu3_1")
+    trunk = fit(TrainConfig(style=(str(styles / "trunk.jpg"),), data=str(photos), spec="light",
+                            output=str(tmp_path / "t.safetensors"),
+                            loss=LossSpec(vgg="vgg19", vgg_weights=str(vgg), vgg_flavour="caffe"),
+                            image_size=32, batch_size=2, steps=1, workers=0, holdout=0, checkpoint_every=0))
+    argv = ["--photos", str(photos), "--styles", str(styles), "--vgg-weights", str(vgg), "--trunk", str(trunk),
+            "--out", str(tmp_path / "out"), "--steps", "1", "2", "1", "--device", "cpu", "--amp", "none",
+            "--workers", "0", "--only", "wave"]
+    script = [sys.executable, str(REPO / "scripts" / "train_bundled.py"), *argv]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=600)  # 3 short trainings, one after another
+    assert done.returncode == 0, done.stderr
+    final = tmp_path / "out" / "runs" / "wave.safetensors"
+    chain = training_stages(read_info(final).config)
+    assert [stage["steps_done"] for stage in chain] == [1, 2, 1] and chain[0]["init"] == str(trunk)
+    assert [(stage["crop_size"], stage["lr"], stage["loss"]["style_scales"]) for stage in chain] == [
+        (256, 5e-3, [1, 0.5, 0.25]), (384, 2e-3, [1, 0.5, 0.25]), (384, 2e-3, [0.5, 0.25])]
+    assert "wave stage 3: 1 steps" in done.stdout
+    stamps = [p.stat().st_mtime_ns for p in sorted(final.parent.glob("*.safetensors"))]
+    assert train_bundled.main(argv) == 0  # every stage finished: nothing trains again
+    assert [p.stat().st_mtime_ns for p in sorted(final.parent.glob("*.safetensors"))] == stamps
+
+
+def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path, vgg_file, capsys):
+    photos = training_inputs(tmp_path, {"starry_night": 100, "wave": 101})
     loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
                     style_layers="relu2_2", style_weight=1e3)
     common = dict(data=str(photos), spec="light", image_size=32, batch_size=2, workers=0, holdout=1,
@@ -211,7 +281,8 @@ def test_bundled_model_is_small_documented_and_really_stylizes(path):
     assert path.stat().st_size < 8e6
     model, info = load_model(path)
     records = info.config.get("parts") or [info.config]  # the all-styles file keeps each style's training record
-    assert len(info.thumbnails) == model.spec.num_styles and min(r["steps_done"] for r in records) >= 300
+    assert len(info.thumbnails) == model.spec.num_styles
+    assert min(bundle_style.totals(record)[0] for record in records) >= 300  # over every stage of a style
     card = path.with_suffix(".md").read_text()
     assert card.startswith(f"# {path.stem}\n") and "fastnst train" in card
     json.dumps(info.config)  # the whole training record is plain data

@@ -8,6 +8,7 @@ multi-style network computes for that style (or that mix).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -266,6 +267,19 @@ def test_adding_a_style_trains_only_its_rows_and_old_styles_stay_bit_identical(s
             assert not torch.equal(value[2], old[key].mean(0)), f"{key}: the new style did not train"
         else:
             assert torch.equal(value, old[key])
+
+
+def test_a_model_trained_from_init_keeps_the_init_s_training_record_even_across_a_resume(setup):
+    base_path = fit(config(setup, setup["styles"][:1], "base1", style_names=NAMES[:1]))
+    base_record = read_info(base_path).config
+    grown = config(setup, setup["styles"][1:2], "grown1", init=str(base_path), style_names=NAMES[1:2], steps=1)
+    assert read_info(fit(grown)).config["init_record"] == base_record
+    # The init file changes before the run is extended: the record is still the one the run started from.
+    base, _ = load_model(base_path)
+    save_model(base_path, base, styles=NAMES[:1], config={**base_record, "steps_done": 99})
+    extended = read_info(fit(dataclasses.replace(grown, steps=2, resume="auto"))).config
+    assert extended["steps_done"] == 2 and extended["init_record"] == base_record
+    assert read_info(fit(config(setup, setup["styles"][:1], "plain", steps=1))).config["init_record"] is None
 
 
 def test_train_only_rows_masks_the_gradient_of_old_rows():

@@ -520,6 +520,14 @@ def test_init_from_a_merged_file_inherits_what_its_trainings_agree_on(tmp_path):
     converted = save_model(tmp_path / "conv.safetensors", net, styles=["a"],
                            config={"parts": [record(384), {"converted_from": "x.pth"}]})
     assert inherited_options(converted) == ({}, {})  # one part recorded no training: nothing to agree on
+    # A style trained in stages (each --init of the one before, same style) is inherited as it began.
+    first = {**record(384), "style": ["x/a.jpg"], "steps_done": 10, "init_record": {"converted_from": "t.pth"}}
+    staged = {**record(512, style_scales=[0.5]), "lr": 2e-3, "style": ["a.jpg"], "steps_done": 5,
+              "init_record": first}
+    for config in (staged, {"merged_from": ["a", "b"], "parts": [staged, record(384)]}):
+        path = save_model(tmp_path / "staged.safetensors", net, styles=["a"], config=config)
+        assert inherited_options(path) == ({"lr": 5e-3, "lr_decay": "linear", "style_size": 384},
+                                           {"vgg": "vgg19", "style_weight": 50.0})
 
 
 def test_a_model_file_says_the_command_that_trains_it_again(setup):

@@ -177,20 +177,37 @@ def _option(name: str, value, show: Callable[[str], str]) -> list[str]:
     return [flag, f"{value:g}" if isinstance(value, float) else show(str(value))]
 
 
+def training_stages(record: dict) -> list[dict]:
+    """The training records of a model trained in stages, oldest first (``[record]`` for one run).
+
+    A run with ``--init`` keeps the init model's record whole (``init_record``);
+    when that model was trained by ``fastnst train`` on the same style image(s),
+    it is the stage before (its rows went on training). Any other init model is
+    the trunk the first stage started from.
+    """
+    chain = [record]
+    while isinstance(before := chain[0].get("init_record"), dict) and before.get("steps_done") is not None and \
+            [Path(p).name for p in before.get("style", ())] == [Path(p).name for p in record.get("style", ())]:
+        chain.insert(0, before)
+    return chain
+
+
 def inherited_options(init: str | Path) -> tuple[dict, dict]:
     """(training options, loss options) that model file ``init`` recorded for ``INHERITED`` and ``INHERITED_LOSS``.
 
     Empty for a model that recorded no training (a converted pytorch/examples
     file). A file joining several trainings (``fastnst convert --merge``, e.g. the
-    bundled all-styles file) gives what all of them agree on. The VGG weight file
+    bundled all-styles file) gives what all of them agree on. A style trained in
+    stages gives its first stage's options: a new style starts the way it started. The VGG weight file
     is inherited only where it exists on this machine.
     """
     from fastnst.checkpoint import read_info
 
     record = read_info(init).config
-    records = [r for r in record.get("parts", [record]) if isinstance(r, dict) and isinstance(r.get("loss"), dict)]
-    if not records or len(records) < len(record.get("parts", [record])):
+    parts = [r for r in record.get("parts", [record]) if isinstance(r, dict) and isinstance(r.get("loss"), dict)]
+    if not parts or len(parts) < len(record.get("parts", [record])):
         return {}, {}
+    records = [training_stages(part)[0] for part in parts]  # how each style began, not how it was finished
 
     def agreed(key: str, loss: bool) -> object:
         values = [(r["loss"] if loss else r).get(key) for r in records]

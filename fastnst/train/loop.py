@@ -124,6 +124,9 @@ class TrainingRun:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_good: Path | None = None
         self.seconds_before = 0.0  # training time of the runs this one resumes
+        # The --init model's own training record, read now (its file may change before the end): the model file
+        # keeps it, so every stage of a model trained in stages can be run again.
+        self.init_record = read_info(config.init).config if config.init else None
         self._data()
         self._networks()
         self._resume()
@@ -192,6 +195,8 @@ class TrainingRun:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng.set_rng_state(state["rng"])
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        if "init_record" in state:
+            self.init_record = json.loads(state["init_record"])
         self.last_good = path
         if self.main:
             log.warning("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
@@ -296,7 +301,7 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng.rng_state(),
             "config": json.dumps(asdict(self.config), default=str), "spec": self.model.spec.to_dict(),
-            "train_seconds": self.train_seconds(),
+            "train_seconds": self.train_seconds(), "init_record": json.dumps(self.init_record),
         })
 
     def train_seconds(self) -> float:
@@ -309,6 +314,7 @@ class TrainingRun:
             self.checkpoint()
             record = {"held_out": [str(p) for p in self.sample_paths], "steps_done": self.step,
                       "train_seconds": round(self.train_seconds(), 3), "final_losses": self.monitor.last_means or None,
+                      "init_record": self.init_record,
                       "hardware": describe_device(self.device) + (f" x{self.world} processes" if self.world > 1
                                                                   else "")}
             model, names, thumbnails = self._to_save()
