@@ -239,7 +239,7 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
         "",
         "```bash",
         f"fastnst convert --merge {trained} -o {name}.safetensors   # each made by the `fastnst train` "
-        "command of its card",
+        "commands of its card",
         f"fastnst stylize -m checkpoints/{name}.safetensors photos/ -o styled/ --style-mix "
         f"\"{styles[0]}=0.5,{styles[1]}=0.5\"",
         "```",
