@@ -198,8 +198,9 @@ def inherited_options(init: str | Path) -> tuple[dict, dict]:
     Empty for a model that recorded no training (a converted pytorch/examples
     file). A file joining several trainings (``fastnst convert --merge``, e.g. the
     bundled all-styles file) gives what all of them agree on. A style trained in
-    stages gives its first stage's options: a new style starts the way it started. The VGG weight file
-    is inherited only where it exists on this machine.
+    stages (``training_stages``) gives its first stage's options: a new style
+    starts the way that one started. The VGG weight file is inherited only where
+    it exists on this machine.
     """
     from fastnst.checkpoint import read_info
 
