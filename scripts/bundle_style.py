@@ -95,6 +95,15 @@ def totals(config: dict) -> tuple[int, float | None]:
     return sum(stage["steps_done"] for stage in chain), (None if None in seconds else sum(seconds))
 
 
+def _where(chain: list[dict]) -> str:
+    """Where the stages ran: `` on MACHINE``, or each stage's when they differ (a stage may have had more threads)."""
+    shown = [stage.get("hardware") or "the CPU machine (2 cores) of the project" for stage in chain]
+    if len(set(shown)) == 1:
+        return f" on {shown[0]}"
+    return ": " + "; ".join(f"stage {i + 1} {stage.get('train_seconds', 0) / 3600:.2f} h on {where}"
+                            for i, (stage, where) in enumerate(zip(chain, shown)))
+
+
 def _schedule(config: dict) -> str:
     return "constant" if config["lr_decay"] == "none" else f"{config['lr_decay']} decay"
 
@@ -143,7 +152,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         f"{_scales(config) if len({_scales(stage) for stage in chain}) == 1 else 'the scales each stage says'}.",
         f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
         *steps_lines(config),
-        f"- Time: {hours} on {config.get('hardware') or 'the CPU machine (2 cores) of the project'}.",
+        f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
         *([f"- Shared weights (everything but this style's norm rows, which alone trained): "

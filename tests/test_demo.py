@@ -177,6 +177,9 @@ def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_sta
     assert "Steps: 5 (10 images) in 2 stages" in card and "trunk.safetensors`" in card
     assert "1. 2 steps on photos a random 24 px square cropped" in card and "2. 3 steps on photos centre-cropped, " \
         "lr 0.002 (" in card and ", seed 5, style loss at scales 1." in card
+    assert f"on {read_info(second).config['hardware']}." in card  # every stage on one machine: said once
+    two = [{"hardware": "AMD EPYC, 1 thread", "train_seconds": 3600}, {"hardware": "GPU", "train_seconds": 1800}]
+    assert bundle_style._where(two) == ": stage 1 1.00 h on AMD EPYC, 1 thread; stage 2 0.50 h on GPU"
     commands = [line for line in card.splitlines() if line.startswith("fastnst train")]
     assert len(commands) == 2 and "-o wave-stage1.safetensors" in commands[0] and "--init trunk.safetensors" in \
         commands[0] and "-o wave.safetensors" in commands[1] and "--init wave-stage1.safetensors" in commands[1]
