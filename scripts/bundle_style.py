@@ -78,9 +78,9 @@ def command_line(config: dict, output: str, init: str | None = None) -> str:
     return " ".join(["fastnst train", *train.command(show=_show), *steps])
 
 
-def commands(config: dict, name: str) -> list[str]:
-    """Every command that makes ``<name>.safetensors`` again, from the trunk through each stage."""
-    chain = training_stages(config)
+def commands(chain: list[dict], name: str) -> list[str]:
+    """Every command that makes ``<name>.safetensors`` again, from the trunk through each stage of ``chain``
+    (``training_stages``)."""
     outputs = stage_names(name, len(chain))
     root = chain[0].get("init")
     return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
@@ -117,10 +117,11 @@ def _cropping(config: dict) -> str:
     return f"a random {crop} px square cropped, a new one each epoch" if crop else "centre-cropped"
 
 
-def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train_seconds: float | None,
-         quality: dict | None, remark: str | None = None) -> str:
+def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quality: dict | None,
+         remark: str | None = None) -> str:
     losses = config.get("final_losses") or {}
     chain = training_stages(config)
+    train_seconds = totals(config)[1]
     staged = len(chain) > 1
     optimiser = "lr and seed as each stage says" if staged else \
         f"lr {config['lr']:g} ({_schedule(config)}), seed {config['seed']}"
@@ -151,7 +152,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         f"TV {config['loss']['tv_weight']:g}; style loss averaged over "
         f"{_scales(config) if len({_scales(stage) for stage in chain}) == 1 else 'the scales each stage says'}.",
         f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
-        *steps_lines(config),
+        *steps_lines(chain),
         f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
@@ -160,7 +161,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
-        *commands(config, name),
+        *commands(chain, name),
         "```",
     ]
     if quality:
@@ -168,10 +169,9 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, train
     return "\n".join(lines) + "\n"
 
 
-def steps_lines(config: dict) -> list[str]:
+def steps_lines(chain: list[dict]) -> list[str]:
     """The card's steps: one line, or one per stage (what changed between them) for a model trained in stages."""
-    chain = training_stages(config)
-    steps = totals(config)[0]
+    steps = sum(stage["steps_done"] for stage in chain)
     images = sum(stage["steps_done"] * stage["batch_size"] for stage in chain)
     if len(chain) == 1:
         return [f"- Steps: {steps:,} ({images:,} images)."]
@@ -304,11 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     quality = None
     if args.quality:
         quality = json.loads(args.quality.read_text()).get(name)
-    seconds = totals(config)[1]
     card_path = args.out / f"{name}.md"
     with atomic_path(card_path) as tmp:
-        Path(tmp).write_text(card(name, config, info.styles, path.stat().st_size / 1e6, seconds, quality,
-                                  args.remark))
+        Path(tmp).write_text(card(name, config, info.styles, path.stat().st_size / 1e6, quality, args.remark))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {card_path}")
     return 0
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from fastnst.checkpoint import load_training_state, read_info, save_model, save_training_state
+from fastnst.checkpoint import ModelInfo, load_training_state, read_info, save_model, save_training_state
 from fastnst.device import describe_device, keep_freed_memory
 from fastnst.errors import FastNSTError, ModelFileError
 from fastnst.files import probe_writable, remove_temporaries_of, show_path
@@ -124,14 +124,15 @@ class TrainingRun:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_good: Path | None = None
         self.seconds_before = 0.0  # training time of the runs this one resumes
-        # The --init model's own training record, read now (its file may change before the end): the model file
-        # keeps it, so every stage of a model trained in stages can be run again.
-        self.init_record = read_info(config.init).config if config.init else None
+        # The --init model's header, read now (its file may change before the end): the model file keeps its
+        # training record, so every stage of a model trained in stages can be run again, and its thumbnails.
+        init_info = read_info(config.init) if config.init else None
+        self.init_record = init_info.config if init_info else None
         self._data()
         self._networks()
         self._resume()
         self._wrap()
-        self.thumbnails = _thumbnails(config)  # now: the style images may be gone by the end of a long run
+        self.thumbnails = _thumbnails(config, init_info)  # now: the style images may be gone by the end of a run
         self.monitor = Monitor(self.total_steps, self.step, self.world * config.batch_size, config.log_every,
                                config.logdir, config.sample_every,
                                load_samples(self.sample_paths, config.image_size) if self.main else None,
@@ -357,11 +358,11 @@ def _check_output_folder(output: Path) -> None:
                            "choose another -o or fix the folder's permissions") from None
 
 
-def _thumbnails(config: TrainConfig) -> tuple[str, ...]:
+def _thumbnails(config: TrainConfig, init_info: ModelInfo | None) -> tuple[str, ...]:
     """One thumbnail per style of the model: the ``init`` model's own (if it has them), then the style images'."""
     old = ()
-    if config.init is not None:
-        old = read_info(config.init).thumbnails
+    if init_info is not None:
+        old = init_info.thumbnails
         if not old:
             return ()
     return (*old, *(encode_thumbnail(path) for path in config.style))
