@@ -70,12 +70,28 @@ def stage_names(name: str, count: int) -> list[str]:
 
 
 def command_line(config: dict, output: str, init: str | None = None) -> str:
-    """The ``fastnst train`` command that reproduces one run, writing ``output``; its ``--init`` model by file name
-    (``init`` when given: the previous stage's file; ``TRUNK_COMMAND`` makes the bundled styles' trunk)."""
+    """The ``fastnst train`` command that runs ``config`` (its ``steps`` set), writing ``output``; its ``--init``
+    model by file name (``init`` when given: the previous stage's file; ``TRUNK_COMMAND`` makes the bundled
+    styles' trunk)."""
     init = init or (Path(config["init"]).name if config.get("init") else None)
     train = TrainConfig.from_record({**config, "output": output, "init": init})
-    steps = ["--steps", str(config["steps_done"])] if train.steps is None else []
-    return " ".join(["fastnst train", *train.command(show=_show), *steps])
+    return " ".join(["fastnst train", *train.command(show=_show)])
+
+
+def _step_totals(config: dict) -> list[list[int]]:
+    """The run's ``[step, total]`` learning-rate schedules (one unless it was resumed with more steps)."""
+    return config.get("step_totals") or [[0, config["steps_done"]]]
+
+
+def stage_commands(config: dict, output: str, init: str | None = None) -> list[str]:
+    """The commands of one run: its first ``--steps``, then ``--resume auto --steps TOTAL`` for each extension."""
+    totals, lines = _step_totals(config), []
+    for i, (start, total) in enumerate(totals):
+        if i and start != totals[i - 1][1]:
+            lines.append(f"# stopped at step {start} (Ctrl-C) before resuming with --steps {total}")
+        lines.append(command_line({**config, "steps": total, "epochs": None}, output, init)
+                     + (" --resume auto" if i else ""))
+    return lines
 
 
 def commands(chain: list[dict], name: str) -> list[str]:
@@ -84,8 +100,18 @@ def commands(chain: list[dict], name: str) -> list[str]:
     outputs = stage_names(name, len(chain))
     root = chain[0].get("init")
     return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
-            *(command_line(stage, out, outputs[i - 1] if i else None)
-              for i, (stage, out) in enumerate(zip(chain, outputs)))]
+            *(line for i, (stage, out) in enumerate(zip(chain, outputs))
+              for line in stage_commands(stage, out, outputs[i - 1] if i else None))]
+
+
+def _extended(config: dict) -> str:
+    """How a run resumed with more steps went on (its learning-rate decay restarted), or nothing."""
+    totals = _step_totals(config)
+    if len(totals) == 1:
+        return ""
+    return (f" (asked for {totals[0][1]:,} steps, then resumed with " + ", then ".join(
+        f"`--steps {total}` at step {start:,}" for start, total in totals[1:]) +
+        f"; the {_schedule(config)} went on from the factor at each of those steps)")
 
 
 def totals(config: dict) -> tuple[int, float | None]:
@@ -174,12 +200,12 @@ def steps_lines(chain: list[dict]) -> list[str]:
     steps = sum(stage["steps_done"] for stage in chain)
     images = sum(stage["steps_done"] * stage["batch_size"] for stage in chain)
     if len(chain) == 1:
-        return [f"- Steps: {steps:,} ({images:,} images)."]
+        return [f"- Steps: {steps:,} ({images:,} images){_extended(chain[0])}."]
     lines = [f"- Steps: {steps:,} ({images:,} images) in {len(chain)} stages, each starting from the rows the "
              "stage before trained (the commands below):"]
     for i, stage in enumerate(chain):
-        lines.append(f"  {i + 1}. {stage['steps_done']:,} steps on photos {_cropping(stage)}, lr {stage['lr']:g} "
-                     f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}.")
+        lines.append(f"  {i + 1}. {stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, "
+                     f"lr {stage['lr']:g} ({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}.")
     return lines
 
 

@@ -170,19 +170,32 @@ def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_sta
     trunk = fit(TrainConfig(**{**common, "style": (str(tmp_path / "trunk_style.png"),)},
                             output=str(runs / "trunk.safetensors"), steps=2))
     first = fit(TrainConfig(**common, output=str(runs / "a.safetensors"), steps=2, crop_size=24, init=str(trunk)))
-    second = fit(TrainConfig(**common, output=str(runs / "b.safetensors"), steps=3, lr=2e-3, seed=5, init=str(first)))
+    # The second stage ran 2 steps, then was resumed to 3: its linear decay went on from step 2's factor on the new
+    # total, unlike a straight 3-step run; the record keeps both totals so the card can say how to get it again.
+    second_stage = dict(**common, output=str(runs / "b.safetensors"), lr=2e-3, lr_decay="linear", seed=5,
+                        init=str(first))
+    fit(TrainConfig(**second_stage, steps=2))
+    second = fit(TrainConfig(**second_stage, steps=3, resume="auto"))
+    assert read_info(second).config["step_totals"] == [[0, 2], [2, 3]]
+    straight = fit(TrainConfig(**{**second_stage, "output": str(runs / "straight.safetensors")}, steps=3))
+    assert read_info(straight).config["step_totals"] == [[0, 3]]
+    assert not torch.equal(load_model(straight)[0].state_dict()["residual.0.norm1.weight"],
+                           load_model(second)[0].state_dict()["residual.0.norm1.weight"])
     out = tmp_path / "checkpoints"
     assert bundle_style.main([str(second), "--out", str(out)]) == 0
     card = (out / "wave.md").read_text()
     assert "Steps: 5 (10 images) in 2 stages" in card and "trunk.safetensors`" in card
-    assert "1. 2 steps on photos a random 24 px square cropped" in card and "2. 3 steps on photos centre-cropped, " \
-        "lr 0.002 (" in card and ", seed 5, style loss at scales 1." in card
+    assert "1. 2 steps on photos a random 24 px square cropped" in card and " on photos centre-cropped, " \
+        "lr 0.002 (linear decay), seed 5, style loss at scales 1." in card
     assert f"on {read_info(second).config['hardware']}." in card  # every stage on one machine: said once
     two = [{"hardware": "AMD EPYC, 1 thread", "train_seconds": 3600}, {"hardware": "GPU", "train_seconds": 1800}]
     assert bundle_style._where(two) == ": stage 1 1.00 h on AMD EPYC, 1 thread; stage 2 0.50 h on GPU"
+    assert "2. 3 steps (asked for 2 steps, then resumed with `--steps 3` at step 2; the linear decay went on " in card
     commands = [line for line in card.splitlines() if line.startswith("fastnst train")]
-    assert len(commands) == 2 and "-o wave-stage1.safetensors" in commands[0] and "--init trunk.safetensors" in \
-        commands[0] and "-o wave.safetensors" in commands[1] and "--init wave-stage1.safetensors" in commands[1]
+    assert len(commands) == 3 and "-o wave-stage1.safetensors" in commands[0] and "--init trunk.safetensors" in \
+        commands[0] and all("-o wave.safetensors" in c and "--init wave-stage1.safetensors" in c for c in commands[1:])
+    assert "--steps 2 " in commands[1] and "--resume" not in commands[1] and "--steps 3 " in commands[2] and \
+        commands[2].endswith(" --resume auto")
     # Run as written, in a fresh folder holding only the trunk: the stages give the same network again.
     rerun = tmp_path / "rerun"
     rerun.mkdir()

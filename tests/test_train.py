@@ -351,10 +351,15 @@ def test_cli_resume_auto_continues_and_extends_a_finished_run(setup, capsys):
             "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2", "--resume", "auto"]
     assert main([*base, "--steps", "2"]) == 0  # auto with no checkpoint yet: a fresh start
     first = load_model(out)[1].config
+    assert first["step_totals"] == [[0, 2]]
+    # As a checkpoint written before step totals were kept: its own config says the run went to step 2.
+    state = load_training_state(checkpoint_path(out))
+    del state["step_totals"]
+    save_training_state(checkpoint_path(out), state)
     assert main([*base, "--steps", "5"]) == 0
     assert load_training_state(checkpoint_path(out))["step"] == 5
     config = load_model(out)[1].config
-    assert config["steps_done"] == 5
+    assert config["steps_done"] == 5 and config["step_totals"] == [[0, 2], [2, 5]]  # the decay restarted at 2
     assert config["train_seconds"] > first["train_seconds"] > 0  # the time of both runs
 
 

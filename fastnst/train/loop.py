@@ -162,6 +162,7 @@ class TrainingRun:
                         len(self.dataset), config.batch_size * self.world)
         self.loader = make_loader(self.dataset, self.sampler, config.workers, pin_memory=self.device.type == "cuda")
         self.total_steps = config.steps or (config.epochs or DEFAULT_EPOCHS) * self.sampler.batches_per_epoch
+        self.step_totals = [[0, self.total_steps]]
 
     def _networks(self) -> None:
         config, spec, device = self.config, self.config.loss, self.device
@@ -196,6 +197,7 @@ class TrainingRun:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng.set_rng_state(state["rng"])
         self.seconds_before = float(state.get("train_seconds", 0.0))
+        self.step_totals = _step_totals(state, self.step, self.total_steps, self.sampler.batches_per_epoch)
         if "init_record" in state:
             self.init_record = json.loads(state["init_record"])
         self.last_good = path
@@ -303,6 +305,7 @@ class TrainingRun:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng.rng_state(),
             "config": json.dumps(asdict(self.config), default=str), "spec": self.model.spec.to_dict(),
             "train_seconds": self.train_seconds(), "init_record": json.dumps(self.init_record),
+            "step_totals": json.dumps(self.step_totals),
         })
 
     def train_seconds(self) -> float:
@@ -314,6 +317,7 @@ class TrainingRun:
         if self.main:
             self.checkpoint()
             record = {"held_out": [str(p) for p in self.sample_paths], "steps_done": self.step,
+                      "step_totals": self.step_totals,
                       "train_seconds": round(self.train_seconds(), 3), "final_losses": self.monitor.last_means or None,
                       "init_record": self.init_record,
                       "hardware": describe_device(self.device) + (f" x{self.world} processes" if self.world > 1
@@ -401,6 +405,18 @@ def _resume_path(config: TrainConfig, ckpt_path: Path) -> Path | None:
         log.info("--resume auto: no checkpoint at %s, starting from scratch", ckpt_path)
         return None
     return Path(config.resume)
+
+
+def _step_totals(state: dict, step: int, total_steps: int, batches_per_epoch: int) -> list[list[int]]:
+    """The learning-rate schedules a resumed run has followed: ``[step, total]`` pairs, a new one when the run is
+    resumed with another ``--steps``/``--epochs``. The decay then goes on from ``step``'s factor on the new total,
+    so a model extended this way is only reproduced by the same sequence of commands (its card lists them)."""
+    if "step_totals" in state:
+        totals = json.loads(state["step_totals"])
+    else:  # a checkpoint written before step totals were kept: its own config says the total it ran to
+        saved = json.loads(state.get("config", "{}"))
+        totals = [[0, saved.get("steps") or (saved.get("epochs") or DEFAULT_EPOCHS) * batches_per_epoch]]
+    return totals if totals[-1][1] == total_steps else [*totals, [step, total_steps]]
 
 
 def _check_resumable(state: dict, config: TrainConfig, path: Path, spec: TransformerSpec) -> None:
