@@ -282,6 +282,45 @@ def test_a_model_trained_from_init_keeps_the_init_s_training_record_even_across_
     assert read_info(fit(config(setup, setup["styles"][:1], "plain", steps=1))).config["init_record"] is None
 
 
+def test_init_trains_all_moves_every_layer_by_the_same_fraction_of_its_size(setup):
+    base_path = fit(config(setup, setup["styles"][:1], "trunk", style_names=NAMES[:1]))
+    base, _ = load_model(base_path)
+    # A trunk like the converted pytorch/examples one: first layer's weights 250x larger, last one's 200x smaller.
+    state = base.state_dict()
+    convs = [key for key, value in state.items() if value.dim() == 4]
+    state[convs[0]] *= 250
+    state[convs[-1]] /= 200
+    base.load_state_dict(state)
+    save_model(base_path, base, styles=NAMES[:1], config=read_info(base_path).config)
+    lr = 1e-3
+    tuned_path = fit(config(setup, setup["styles"][1:2], "tuned", init=str(base_path), style_names=NAMES[1:2],
+                            steps=1, lr=lr, init_trains="all"))
+    tuned = load_model(tuned_path)[0].state_dict()
+    sizes = {key: state[key].pow(2).mean().sqrt().item() for key in convs}
+    median = float(np.median(list(sizes.values())))
+    for key in convs:
+        # Adam's first step moves each weight by its group's lr (m / sqrt(v) = sign of the gradient).
+        step = (tuned[key].float() - state[key].float()).abs()
+        moved = step[step > 0]
+        assert moved.numel() > 0.9 * step.numel(), key
+        np.testing.assert_allclose(moved.median().item(), lr * sizes[key] / median, rtol=0.05, err_msg=key)
+    rows = [f"{name}.weight" for name, _ in load_model(tuned_path)[0].norm_layers()]
+    moved_rows = torch.cat([(tuned[key] - state[key]).abs() for key in rows])  # single-style: one row each
+    np.testing.assert_allclose(moved_rows.median().item(), lr, rtol=0.05)  # the new style's rows: the plain lr
+    info = read_info(tuned_path)
+    assert info.styles == NAMES[1:2] and info.config["init_trains"] == "all"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"init_trains": "all"}, "give --init MODEL"),
+    ({"init_trains": "all", "init": "m.safetensors", "keep_init_styles": True}, "not --keep-init-styles"),
+    ({"init_trains": "some", "init": "m.safetensors"}, "unknown --init-trains 'some'"),
+])
+def test_init_trains_is_validated(setup, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config(setup, setup["styles"][:1], "x", **overrides)
+
+
 def test_train_only_rows_masks_the_gradient_of_old_rows():
     net = add_styles(multi_net(2), 1)
     params = train_only_rows(net, 2)

@@ -487,7 +487,18 @@ def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
     assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(alone), "--steps", "1",
                  "--lr-decay", "none", "--style-size", "32"]) == 0
     assert (read_info(alone).config["lr_decay"], read_info(alone).config["style_size"]) == ("none", 32)
-    capsys.readouterr()
+    # --init-trains all: the shared weights train too (the first model's convolutions change).
+    tuned = setup["out"] / "tuned.safetensors"
+    assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(tuned), "--steps", "1",
+                 "--init-trains", "all"]) == 0
+    net4, info4 = load_model(tuned)
+    assert info4.config["init_trains"] == "all" and "--init-trains all" in " ".join(TrainConfig.from_record(
+        info4.config).command())
+    for key, value in net.state_dict().items():
+        if "conv" in key:
+            assert not torch.equal(net4.state_dict()[key], value), key
+    assert main([*base, "--style", str(second_style), "-o", str(tuned), "--init-trains", "all"]) == 2
+    assert "--init-trains all fine-tunes every weight of the --init model" in capsys.readouterr().err
 
 
 def test_init_inherits_the_crop_with_the_image_size_unless_the_size_is_given(setup, capsys):

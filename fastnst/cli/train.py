@@ -33,17 +33,21 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
         return
     from fastnst.device import DEVICE_CHOICES
     from fastnst.models.transformer import SPECS
-    from fastnst.train.config import AMP_CHOICES, DEFAULT_EPOCHS, LR_DECAYS
+    from fastnst.train.config import AMP_CHOICES, DEFAULT_EPOCHS, INIT_TRAINS, LR_DECAYS
 
     p.add_argument("--style", required=True, nargs="+", metavar="IMAGE",
                    help="the style image; several make one model carrying all of them (conditional instance norm)")
     p.add_argument("--style-name", nargs="+", metavar="NAME", help="names of the styles (default: the file stems)")
     p.add_argument("--init", metavar="MODEL",
                    help="train the --style image(s) on this trained model's shared weights, only their norm rows "
-                        "(minutes on a CPU); options left unset are taken from MODEL's own training (sizes, lr, "
-                        "loss); the output holds the new style(s) alone")
+                        "(minutes on a CPU; see --init-trains); options left unset are taken from MODEL's own "
+                        "training (sizes, lr, loss); the output holds the new style(s) alone")
     p.add_argument("--keep-init-styles", action="store_true",
                    help="with --init: the output also carries MODEL's styles, exactly as they are")
+    p.add_argument("--init-trains", choices=INIT_TRAINS, default="rows",
+                   help="with --init: what trains, the new styles' norm rows (default) or all: every weight, "
+                        "each layer's lr scaled by its weights' size (fine-tuning MODEL's shared weights too; "
+                        "slower per step, more capacity)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="folder of training photos, searched recursively (e.g. COCO train2014/)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL",
@@ -107,9 +111,10 @@ def train_config(args: argparse.Namespace):
         _inherit(args, options, per_style=bool(weights))
     return TrainConfig(
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
-        keep_init_styles=args.keep_init_styles, style_weights=weights, data=args.data, output=args.output,
-        spec=args.spec, loss=loss_spec(args), steps=args.steps, epochs=args.epochs, seed=args.seed, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, device=args.device, workers=args.workers,
+        keep_init_styles=args.keep_init_styles, init_trains=args.init_trains, style_weights=weights,
+        data=args.data, output=args.output, spec=args.spec, loss=loss_spec(args), steps=args.steps,
+        epochs=args.epochs, seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        device=args.device, workers=args.workers,
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
         sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
         checkpoint_every=args.checkpoint_every, resume=args.resume, temporal_weight=args.temporal_weight,

@@ -15,6 +15,7 @@ from fastnst.styles import style_names
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 LR_DECAYS = ("none", "linear", "cosine")
+INIT_TRAINS = ("rows", "all")
 DEFAULT_EPOCHS = 2  # pytorch/examples' default: two passes over COCO (~40k steps of 4)
 
 # Options that may change when a run is resumed without making it a different run.
@@ -37,8 +38,9 @@ class TrainConfig:
     ``style_names`` names them (default: the file stems) and ``style_weights``
     gives each its style-loss weight (default ``loss.style_weight`` for all).
     ``init`` is a trained model file whose shared weights the new styles use
-    (only their norm rows train); the output holds the new styles alone, or
-    ``init``'s styles and the new ones with ``keep_init_styles``. ``crop_size``
+    (only their norm rows train, or every weight with ``init_trains="all"``);
+    the output holds the new styles alone, or ``init``'s styles and the new
+    ones with ``keep_init_styles``. ``crop_size``
     trains on random squares of the photos scaled to ``image_size`` (centre
     squares without it). ``steps`` and ``epochs`` are exclusive; with neither,
     training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per process
@@ -76,6 +78,7 @@ class TrainConfig:
     style_weights: tuple[float, ...] = ()
     init: str | None = None
     keep_init_styles: bool = False
+    init_trains: str = "rows"  # with init: the new styles' norm rows alone, or every weight (``scaled_groups``)
     temporal_weight: float = 0.0  # the temporal-consistency term (``fastnst.losses.temporal_loss``); 0: off
 
     def __post_init__(self) -> None:
@@ -127,6 +130,11 @@ class TrainConfig:
             raise ConfigError(f"--temporal-weight must be >= 0 and finite (0 turns it off), got {self.temporal_weight}")
         if self.keep_init_styles and self.init is None:
             raise ConfigError("--keep-init-styles keeps the styles of the --init model: give --init MODEL")
+        if self.init_trains not in INIT_TRAINS:
+            raise ConfigError(f"unknown --init-trains {self.init_trains!r}; choose one of {', '.join(INIT_TRAINS)}")
+        if self.init_trains == "all" and (self.init is None or self.keep_init_styles):
+            raise ConfigError("--init-trains all fine-tunes every weight of the --init model: give --init MODEL, "
+                              "and not --keep-init-styles (the kept styles would change with the shared weights)")
 
     @classmethod
     def from_record(cls, record: dict) -> TrainConfig:

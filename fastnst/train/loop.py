@@ -12,7 +12,7 @@ network scores them with ``fastnst.losses.perceptual_losses`` against the
 photo's own content activations (computed without gradients, by a VGG cut at the
 deepest content layer) and the style images' Gram matrices (computed once, in
 fp32). Adam updates only the transformation network (only the new styles' norm
-rows when adding styles to a model with ``init``). With several styles each
+rows when adding styles to a model with ``init``, unless ``init_trains="all"``). With several styles each
 batch item draws one and is scored against that style's Grams
 (``fastnst.train.styles``).
 
@@ -176,7 +176,7 @@ class TrainingRun:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         for net in (self.model, self.vgg, self.content_vgg):
             net.to(memory_format=self.memory_format)
-        self.optimizer = torch.optim.Adam(self.styles.parameters(self.model), lr=config.lr,
+        self.optimizer = torch.optim.Adam(self.styles.parameters(self.model, config.lr), lr=config.lr,
                                           fused=device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config.lr_decay,
                                                                                       self.total_steps))

@@ -6,7 +6,9 @@
   against its own style's Gram matrices (``perceptual_losses`` with ``item_weights``);
 * **adding** a style to a trained model (``fastnst train --init``) trains only
   the new rows of the norms (``add_styles`` + ``train_only_rows``): the old
-  styles' outputs stay bit-identical.
+  styles' outputs stay bit-identical; or, with ``--init-trains all``, every
+  weight, each layer at a learning rate in proportion to its size
+  (``scaled_groups``).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | 
         check_unique(old + names)
     else:
         old = tuple(f"{name} (init)" if name in names else name for name in old)
-    log.info("adding style(s) %s to %s (styles %s); only their norm rows train", ", ".join(names), init,
+    log.info("adding style(s) %s to %s (styles %s)", ", ".join(names), init,
              ", ".join(old))
     return add_styles(base, len(names)), old + names, base.spec.num_styles
 
@@ -109,15 +111,18 @@ class StyleTargets:
     def __init__(self, vgg: torch.nn.Module, config, first: int, num_styles: int, spec: LossSpec,
                  device: torch.device, rank: int = 0) -> None:
         self.first, self.num_styles = first, num_styles
-        self.multi, self.frozen = num_styles > 1, config.init is not None
+        self.multi, self.trains = num_styles > 1, "everything" if config.init is None else config.init_trains
         self.grams = target_grams(vgg, config.style, config.style_size, spec, device)
         weights = config.style_weights or (spec.style_weight,) * len(config.style)
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self._draw = StyleDraw(range(first, num_styles), num_styles, config.seed, rank)
 
-    def parameters(self, model: TransformerNet) -> list[torch.nn.Parameter]:
-        """What the optimiser updates: everything, or only the new styles' norm rows when adding styles."""
-        return train_only_rows(model, self.first) if self.frozen else list(model.parameters())
+    def parameters(self, model: TransformerNet, lr: float) -> list[torch.nn.Parameter] | list[dict]:
+        """What the optimiser updates: everything, only the new styles' norm rows when adding styles, or (fine-tuning
+        a trained model) everything in ``scaled_groups`` of ``lr``."""
+        if self.trains == "rows":
+            return train_only_rows(model, self.first)
+        return scaled_groups(model, lr) if self.trains == "all" else list(model.parameters())
 
     def for_step(self, step: int, batch: int):
         """What step ``step`` scores a batch of ``batch`` photos against: (style weights (B, N) or None, target
@@ -148,6 +153,30 @@ def add_styles(model: TransformerNet, count: int) -> TransformerNet:
     grown = {key: torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
              for key, rows in norm_rows(model).items()}
     return with_norm_rows(model, grown)
+
+
+def scaled_groups(model: TransformerNet, lr: float) -> list[dict]:
+    """Adam parameter groups for fine-tuning every weight of a trained network: the norm rows (first group) at the
+    run's lr, each convolution's weight and bias at the lr times its weight's RMS over the median convolution's.
+
+    Adam moves every weight by about the lr per step whatever its size. The converted pytorch/examples networks
+    (the bundled trunk) keep their 0–255 training in their first and last layers: the first layer's weights are
+    ~250x larger than the others, the last's ~200x smaller (RMS ~40 and ~0.001 against ~0.17), so one lr would
+    freeze the first and blow up the last. Scaled, every layer moves by the same fraction of its size (the
+    schedule then multiplies every group's lr alike).
+    """
+    convs = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
+    sizes = torch.stack([conv.weight.detach().float().pow(2).mean().sqrt() for conv in convs])
+    median = sizes.median().clamp_min(1e-12)
+    rows = [param for _, norm in model.norm_layers() for param in norm.parameters()]
+    groups = [{"params": rows, "lr": lr}]
+    for conv, size in zip(convs, sizes.tolist()):
+        groups.append({"params": list(conv.parameters()), "lr": lr * max(size, 1e-12) / median.item()})
+    covered = sum(len(group["params"]) for group in groups)
+    if covered != len(list(model.parameters())):
+        raise ConfigError(f"{type(model).__name__}: {covered} of its {len(list(model.parameters()))} parameters are "
+                          "in a convolution or a norm; --init-trains all does not know how to scale the rest")
+    return groups
 
 
 def train_only_rows(model: TransformerNet, first: int) -> list[torch.nn.Parameter]:
