@@ -25,12 +25,12 @@ from fastnst.convert import ConvertConfig, MergeError, convert_model, merge_mode
 from fastnst.errors import ConfigError
 from fastnst.images import decode_thumbnail, to_uint8
 from fastnst.losses import LossSpec, content_targets, perceptual_losses
-from fastnst.models.transformer import SPECS, ConditionalInstanceNorm, TransformerNet
+from fastnst.models.transformer import SPECS, ConditionalInstanceNorm, TransformerNet, norm_rows
 from fastnst.models.vgg import VGGFeatures
 from fastnst.styles import resolve_style
 from fastnst.stylize import Stylizer
 from fastnst.train import TrainConfig, fit
-from fastnst.train.styles import StyleDraw, StyleTargets, add_styles, train_only_rows
+from fastnst.train.styles import StyleDraw, StyleTargets, add_styles, train_only_rows, training_network
 
 from conftest import gradient_image, psnr, random_vgg_state
 
@@ -328,6 +328,17 @@ def test_train_only_rows_masks_the_gradient_of_old_rows():
     net(photos(1), style=torch.tensor([0.2, 0.3, 0.5])).square().mean().backward()
     for p in params:
         assert p.grad[:2].abs().max() == 0 and p.grad[2].abs().max() > 0
+
+
+def test_a_style_retrained_under_its_own_name_starts_from_its_rows_a_new_one_from_their_mean(tmp_path):
+    base = multi_net(3)
+    path = save_model(tmp_path / "base.safetensors", base, styles=NAMES[:3])
+    net, names, first = training_network(base.spec, (NAMES[1], "new"), str(path))
+    assert names == (NAMES[0], f"{NAMES[1]} (init)", NAMES[2], NAMES[1], "new") and first == 3
+    old, grown = norm_rows(base), norm_rows(net)
+    for key, rows in old.items():
+        assert torch.equal(grown[key][:3], rows) and torch.equal(grown[key][3], rows[1]), key
+        torch.testing.assert_close(grown[key][4], rows.sum(0) / 3, rtol=0, atol=1e-6, msg=key)
 
 
 def test_adding_to_a_single_style_model_keeps_it(tmp_path):

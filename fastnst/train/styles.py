@@ -80,10 +80,11 @@ def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | 
 
     Without ``init``: a fresh ``spec`` network carrying ``names`` (0). With
     ``init``: that model file's network grown by ``names`` (its own spec wins),
-    the first new style's index being its old style count. The new names must
-    differ from the init model's only when its styles are kept in the output
-    (``keep_init``); otherwise a clashing old name is marked ``NAME (init)``, so
-    a style can be retrained under its own name.
+    the first new style's index being its old style count. A new style named
+    like one of the init model's starts from that style's rows (it goes on
+    training), any other from the mean of its rows. The new names must differ
+    from the init model's only when its styles are kept in the output
+    (``keep_init``); otherwise a clashing old name is marked ``NAME (init)``.
     """
     if init is None:
         return TransformerNet(spec.with_styles(len(names))), names, 0
@@ -91,11 +92,12 @@ def training_network(spec: TransformerSpec, names: tuple[str, ...], init: str | 
     old = model_style_names(info.styles, base.spec.num_styles)
     if keep_init:
         check_unique(old + names)
-    else:
+    starts = [old.index(name) if name in old else None for name in names]
+    log.info("adding style(s) %s to %s (styles %s)%s", ", ".join(names), init, ", ".join(old),
+             "".join(f"; {name} starts from its rows there" for name, at in zip(names, starts) if at is not None))
+    if not keep_init:
         old = tuple(f"{name} (init)" if name in names else name for name in old)
-    log.info("adding style(s) %s to %s (styles %s)", ", ".join(names), init,
-             ", ".join(old))
-    return add_styles(base, len(names)), old + names, base.spec.num_styles
+    return add_styles(base, len(names), starts), old + names, base.spec.num_styles
 
 
 class StyleTargets:
@@ -144,15 +146,20 @@ class StyleTargets:
         return F.one_hot(picks, self.num_styles).float().to(device)
 
 
-def add_styles(model: TransformerNet, count: int) -> TransformerNet:
-    """A copy of ``model`` with ``count`` more styles; each new row starts at the mean of the old rows.
+def add_styles(model: TransformerNet, count: int, starts: Sequence[int | None] = ()) -> TransformerNet:
+    """A copy of ``model`` with ``count`` more styles; new style ``i`` starts at the rows of old style
+    ``starts[i]``, or (None, or no ``starts``) at the mean of the old rows.
 
     The shared weights and the old rows are copied exactly, so the old styles'
     outputs do not change.
     """
-    grown = {key: torch.cat([rows, rows.mean(dim=0, keepdim=True).expand(count, -1)])
-             for key, rows in norm_rows(model).items()}
-    return with_norm_rows(model, grown)
+    starts = list(starts) or [None] * count
+
+    def new_rows(rows: torch.Tensor) -> torch.Tensor:
+        mean = rows.mean(dim=0)
+        return torch.stack([mean if at is None else rows[at] for at in starts])
+
+    return with_norm_rows(model, {key: torch.cat([rows, new_rows(rows)]) for key, rows in norm_rows(model).items()})
 
 
 def scaled_groups(model: TransformerNet, lr: float) -> list[dict]:
