@@ -14,7 +14,12 @@ before trained (``--init`` of the previous stage's file, whose record the next k
 1. 256-px crops of photos scaled to 384 px, style loss at scales 1, ½, ¼, Adam lr 5e-3
    decaying linearly, seed 42 (``STAGE_STEPS[0]`` steps);
 2. the whole 384-px photos (the ¼ branch sees 96 px, not 64), lr 2e-3, seed 43;
-3. as 2, the style loss at ½ and ¼ only (the scale-1 ratio has room to spare, ¼ has not).
+3. as 2, the style loss at ½ and ¼ only (the scale-1 ratio has room to spare, ¼ has not);
+4. with ``--joint-steps N``: every style at once in the all-styles file, every weight
+   training (``--init-trains all``: the trunk too, each layer's lr scaled to its size;
+   each style goes on from its own rows), lr 1e-3, stage 3's data and loss; then each
+   style is taken out of it as a single-style file (``OUT/joint/``). The norm rows alone
+   stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room.
 
 One chain of ``fastnst train`` processes per style, the styles all at once on the
 one GPU (each is small: a 1.7 M-parameter network and VGG19 to relu3_1, so together
@@ -52,6 +57,7 @@ STAGES = (["--crop-size", "256", "--lr", "5e-3", "--seed", "42", "--style-scales
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "1,0.5,0.25"],
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "0.5,0.25"])
 STAGE_STEPS = (1200, 300, 150)
+JOINT = ["--crop-size", "384", "--lr", "1e-3", "--seed", "44", "--style-scales", "0.5,0.25", "--init-trains", "all"]
 
 
 def outputs(style: str, args: argparse.Namespace) -> list[Path]:
@@ -62,12 +68,40 @@ def outputs(style: str, args: argparse.Namespace) -> list[Path]:
 def command(style: str, stage: int, args: argparse.Namespace) -> list[str]:
     """The ``fastnst train`` command of one style's stage (0-based): ``--init`` the trunk, then the stage before."""
     init = args.trunk if stage == 0 else outputs(style, args)[stage - 1]
+    return train_command(init, [style], outputs(style, args)[stage], [*STAGES[stage], "--steps",
+                                                                      str(args.steps[stage])], args)
+
+
+def train_command(init: Path, styles: list[str], output: Path, options: list[str], args: argparse.Namespace
+                  ) -> list[str]:
+    """``fastnst train --init INIT`` of ``styles`` writing ``output``, the recipe and ``options`` (resumable)."""
     return [sys.executable, "-m", "fastnst", "-v", "train", "--init", str(init),
-            "--style", str(args.styles / f"{style}.jpg"), "--data", str(args.photos),
-            "-o", str(outputs(style, args)[stage]), *RECIPE, *STAGES[stage], "--steps", str(args.steps[stage]),
-            "--amp", args.amp, "--device", args.device, "--workers", str(args.workers),
-            "--vgg-weights", str(args.vgg_weights), "--checkpoint-every", "100", "--log-every", "50",
-            "--resume", "auto"]
+            "--style", *(str(args.styles / f"{style}.jpg") for style in styles), "--data", str(args.photos),
+            "-o", str(output), *RECIPE, *options, "--amp", args.amp, "--device", args.device,
+            "--workers", str(args.workers), "--vgg-weights", str(args.vgg_weights), "--checkpoint-every", "100",
+            "--log-every", "50", "--resume", "auto"]
+
+
+def joint_stage(start: Path, args: argparse.Namespace) -> int:
+    """Stage 4: every style and weight of ``start`` trained together, then one single-style file per style."""
+    folder = args.out / "joint"
+    folder.mkdir(exist_ok=True)
+    output = folder / ("all_styles.safetensors" if len(args.only) > 1 else f"{args.only[0]}.safetensors")
+    started = time.perf_counter()
+    with (folder / "joint.log").open("a") as log:
+        if subprocess.run(train_command(start, args.only, output, [*JOINT, "--steps", str(args.joint_steps)], args),
+                          stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            print(f"joint stage: failed, see {folder / 'joint.log'}", file=sys.stderr)
+            return 1
+    config = read_info(output).config
+    print(f"joint stage: {config['steps_done']} steps, "
+          f"{config['steps_done'] * config['batch_size'] / config['train_seconds']:.1f} img/s, "
+          f"{time.perf_counter() - started:.0f} s wall, on {config['hardware']}")
+    if len(args.only) > 1:
+        for style in args.only:
+            subprocess.run([sys.executable, "-m", "fastnst", "convert", str(output), "--select", style,
+                            "-o", str(folder / f"{style}.safetensors")], check=True)
+    return 0
 
 
 def run_style(style: str, args: argparse.Namespace, failed: list[str]) -> None:
@@ -95,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
     parser.add_argument("--workers", type=int, default=4, help="photo-decoding processes per run (default 4)")
     parser.add_argument("--only", nargs="+", choices=STYLES, default=list(STYLES), help="train only these styles")
+    parser.add_argument("--joint-steps", type=int, default=0, metavar="N",
+                        help="then N steps of stage 4, every style and weight together (default 0: none)")
     args = parser.parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -119,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all runs: {wall:.0f} s wall")
     if failed:
         return 1
-    singles = [str(outputs(style, args)[-1]) for style in args.only]
+    singles = [outputs(style, args)[-1] for style in args.only]
+    merged = args.out / "all_styles.safetensors"
     if len(singles) > 1:
-        subprocess.run([sys.executable, "-m", "fastnst", "convert", "--merge", *singles,
-                        "-o", str(args.out / "all_styles.safetensors")], check=True)
-    return 0
+        subprocess.run([sys.executable, "-m", "fastnst", "convert", "--merge", *map(str, singles),
+                        "-o", str(merged)], check=True)
+    return joint_stage(merged if len(singles) > 1 else singles[0], args) if args.joint_steps else 0
 
 
 if __name__ == "__main__":

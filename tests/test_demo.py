@@ -232,6 +232,16 @@ def test_train_bundled_runs_the_recipe_s_stages_in_turn_and_keeps_finished_ones(
     stamps = [p.stat().st_mtime_ns for p in sorted(final.parent.glob("*.safetensors"))]
     assert train_bundled.main(argv) == 0  # every stage finished: nothing trains again
     assert [p.stat().st_mtime_ns for p in sorted(final.parent.glob("*.safetensors"))] == stamps
+    # Stage 4 (--joint-steps): every weight trains, from the style's own rows.
+    done = subprocess.run([*script, "--joint-steps", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    joint = tmp_path / "out" / "joint" / "wave.safetensors"
+    record = read_info(joint).config
+    assert (record["init"], record["init_trains"], record["steps_done"]) == (str(final), "all", 1)
+    assert "joint stage: 1 steps" in done.stdout
+    before, after = load_model(final)[0].state_dict(), load_model(joint)[0].state_dict()
+    convs = [key for key, value in before.items() if value.dim() == 4]
+    assert all(not torch.equal(before[key], after[key]) for key in convs), "the trunk trains in stage 4"
 
 
 def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path, vgg_file, capsys):
