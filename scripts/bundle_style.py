@@ -138,6 +138,18 @@ def _scales(config: dict) -> str:
     return "scales " + ", ".join(f"{s:g}" for s in config["loss"].get("style_scales", [1]))
 
 
+def _what_trained(chain: list[dict]) -> str:
+    tuned = [str(i + 1) for i, stage in enumerate(chain) if stage.get("init_trains") == "all"]
+    if not tuned:
+        return "everything but this style's norm rows, which alone trained"
+    return f"everything but this style's norm rows, fine-tuned too in stage {', '.join(tuned)}; they started as"
+
+
+def _style_weight(chain: list[dict]) -> str:
+    weights = {f"{stage['loss']['style_weight']:g}" for stage in chain}
+    return weights.pop() if len(weights) == 1 else "as each stage says"
+
+
 def _cropping(config: dict) -> str:
     crop = config.get("crop_size")
     return f"a random {crop} px square cropped, a new one each epoch" if crop else "centre-cropped"
@@ -174,7 +186,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
         f"- Loss network: {config['loss']['vgg'].upper()}, weights `{Path(config['loss']['vgg_weights']).name}` "
         f"(flavour {config['loss']['vgg_flavour']}); style "
         f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "
-        f"weights content {config['loss']['content_weight']:g}, style {config['loss']['style_weight']:g}, "
+        f"weights content {config['loss']['content_weight']:g}, style {_style_weight(chain)}, "
         f"TV {config['loss']['tv_weight']:g}; style loss averaged over "
         f"{_scales(config) if len({_scales(stage) for stage in chain}) == 1 else 'the scales each stage says'}.",
         f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
@@ -182,8 +194,8 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
         f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
-        *([f"- Shared weights (everything but this style's norm rows, which alone trained): "
-           f"`{Path(chain[0]['init']).name}`, {TRUNK_CREDIT}."] if chain[0].get("init") else []),
+        *([f"- Shared weights ({_what_trained(chain)}): `{Path(chain[0]['init']).name}`, {TRUNK_CREDIT}."]
+          if chain[0].get("init") else []),
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
@@ -203,10 +215,17 @@ def steps_lines(chain: list[dict]) -> list[str]:
         return [f"- Steps: {steps:,} ({images:,} images){_extended(chain[0])}."]
     lines = [f"- Steps: {steps:,} ({images:,} images) in {len(chain)} stages, each starting from the rows the "
              "stage before trained (the commands below):"]
-    for i, stage in enumerate(chain):
-        lines.append(f"  {i + 1}. {stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, "
-                     f"lr {stage['lr']:g} ({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}.")
-    return lines
+    weights_differ = len({stage["loss"]["style_weight"] for stage in chain}) > 1
+    return lines + [f"  {i + 1}. {_stage_line(stage, weights_differ)}." for i, stage in enumerate(chain)]
+
+
+def _stage_line(stage: dict, with_weight: bool) -> str:
+    """One stage of the card's steps: what it trained on, how, and (when it did) every weight."""
+    return "".join([
+        f"{stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, lr {stage['lr']:g} "
+        f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}",
+        f", style weight {stage['loss']['style_weight']:g}" if with_weight else "",
+        ", every weight training (--init-trains all)" if stage.get("init_trains") == "all" else ""])
 
 
 def quality_lines(quality: dict) -> list[str]:
