@@ -12,9 +12,9 @@ network scores them with ``fastnst.losses.perceptual_losses`` against the
 photo's own content activations (computed without gradients, by a VGG cut at the
 deepest content layer) and the style images' Gram matrices (computed once, in
 fp32). Adam updates only the transformation network (only the new styles' norm
-rows when adding styles to a model with ``init``, unless ``init_trains="all"``). With several styles each
-batch item draws one and is scored against that style's Grams
-(``fastnst.train.styles``).
+rows when adding styles to a model with ``init``, unless ``init_trains="all"``).
+With several styles each batch item draws one and is scored against that
+style's Grams (``fastnst.train.styles``).
 
 Robustness: a resumable checkpoint (model, optimiser, scheduler, grad scaler,
 step, epoch position, RNG states, config) is written atomically every
