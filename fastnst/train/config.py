@@ -41,10 +41,11 @@ class TrainConfig:
     (only their norm rows train, or every weight with ``init_trains="all"``);
     the output holds the new styles alone, or ``init``'s styles and the new
     ones with ``keep_init_styles``. ``crop_size`` trains on random squares of
-    the photos scaled to ``image_size`` (centre squares without it). ``steps`` and ``epochs`` are exclusive; with neither,
-    training runs ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per process
-    under torchrun. ``resume`` is a checkpoint path or ``"auto"`` (the
-    checkpoint beside ``output`` if there is one, else a fresh start).
+    the photos scaled to ``image_size`` (centre squares without it).
+    ``steps`` and ``epochs`` are exclusive; with neither, training runs
+    ``DEFAULT_EPOCHS`` epochs. ``batch_size`` is per process under torchrun.
+    ``resume`` is a checkpoint path or ``"auto"`` (the checkpoint beside
+    ``output`` if there is one, else a fresh start).
     """
 
     style: tuple[str, ...]
