@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fastnst.checkpoint import load_model, read_info, save_model
@@ -138,16 +139,22 @@ def _scales(config: dict) -> str:
     return "scales " + ", ".join(f"{s:g}" for s in config["loss"].get("style_scales", [1]))
 
 
-def _what_trained(chain: list[dict]) -> str:
+def _shared_weights(chain: list[dict]) -> str:
+    """The card's line on the trunk: frozen (only the norm rows trained) or fine-tuned in some stages."""
     tuned = [str(i + 1) for i, stage in enumerate(chain) if stage.get("init_trains") == "all"]
-    if not tuned:
-        return "everything but this style's norm rows, which alone trained"
-    return f"everything but this style's norm rows, fine-tuned too in stage {', '.join(tuned)}; they started as"
+    what = "(everything but this style's norm rows, which alone trained)" if not tuned else \
+        f"(everything but this style's norm rows), fine-tuned in stage {', '.join(tuned)} from"
+    return f"- Shared weights {what}: `{Path(chain[0]['init']).name}`, {TRUNK_CREDIT}."
 
 
-def _style_weight(chain: list[dict]) -> str:
-    weights = {f"{stage['loss']['style_weight']:g}" for stage in chain}
-    return weights.pop() if len(weights) == 1 else "as each stage says"
+def _weight(config: dict) -> str:
+    return f"{config['loss']['style_weight']:g}"
+
+
+def _agreed(chain: list[dict], show: Callable[[dict], str]) -> str | None:
+    """``show(stage)`` when every stage of ``chain`` gives the same, else None."""
+    shown = {show(stage) for stage in chain}
+    return shown.pop() if len(shown) == 1 else None
 
 
 def _cropping(config: dict) -> str:
@@ -186,16 +193,15 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
         f"- Loss network: {config['loss']['vgg'].upper()}, weights `{Path(config['loss']['vgg_weights']).name}` "
         f"(flavour {config['loss']['vgg_flavour']}); style "
         f"{', '.join(config['loss']['style_layers'])}, content {', '.join(config['loss']['content_layers'])}; "
-        f"weights content {config['loss']['content_weight']:g}, style {_style_weight(chain)}, "
-        f"TV {config['loss']['tv_weight']:g}; style loss averaged over "
-        f"{_scales(config) if len({_scales(stage) for stage in chain}) == 1 else 'the scales each stage says'}.",
+        f"weights content {config['loss']['content_weight']:g}, style {_agreed(chain, _weight) or 'as each stage says'}"
+        f", TV {config['loss']['tv_weight']:g}; style loss averaged over "
+        f"{_agreed(chain, _scales) or 'the scales each stage says'}.",
         f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
         *steps_lines(chain),
         f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
             f"{k} {v:.4g}" for k, v in losses.items()) if losses else "see the training log"),
-        *([f"- Shared weights ({_what_trained(chain)}): `{Path(chain[0]['init']).name}`, {TRUNK_CREDIT}."]
-          if chain[0].get("init") else []),
+        *([_shared_weights(chain)] if chain[0].get("init") else []),
         *([f"- {remark}"] if remark else []),
         "",
         "```bash",
@@ -215,7 +221,7 @@ def steps_lines(chain: list[dict]) -> list[str]:
         return [f"- Steps: {steps:,} ({images:,} images){_extended(chain[0])}."]
     lines = [f"- Steps: {steps:,} ({images:,} images) in {len(chain)} stages, each starting from the rows the "
              "stage before trained (the commands below):"]
-    weights_differ = len({stage["loss"]["style_weight"] for stage in chain}) > 1
+    weights_differ = _agreed(chain, _weight) is None
     return lines + [f"  {i + 1}. {_stage_line(stage, weights_differ)}." for i, stage in enumerate(chain)]
 
 
@@ -224,7 +230,7 @@ def _stage_line(stage: dict, with_weight: bool) -> str:
     return "".join([
         f"{stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, lr {stage['lr']:g} "
         f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}",
-        f", style weight {stage['loss']['style_weight']:g}" if with_weight else "",
+        f", style weight {_weight(stage)}" if with_weight else "",
         ", every weight training (--init-trains all)" if stage.get("init_trains") == "all" else ""])
 
 

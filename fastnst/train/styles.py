@@ -113,7 +113,7 @@ class StyleTargets:
     def __init__(self, vgg: torch.nn.Module, config, first: int, num_styles: int, spec: LossSpec,
                  device: torch.device, rank: int = 0) -> None:
         self.first, self.num_styles = first, num_styles
-        self.multi, self.trains = num_styles > 1, "everything" if config.init is None else config.init_trains
+        self.multi, self.trains = num_styles > 1, config.init_trains if config.init else None  # None: everything
         self.grams = target_grams(vgg, config.style, config.style_size, spec, device)
         weights = config.style_weights or (spec.style_weight,) * len(config.style)
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
@@ -172,6 +172,7 @@ def scaled_groups(model: TransformerNet, lr: float) -> list[dict]:
     freeze the first and blow up the last. Scaled, every layer moves by the same fraction of its size (the
     schedule then multiplies every group's lr alike).
     """
+    total = len(list(model.parameters()))
     convs = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
     sizes = torch.stack([conv.weight.detach().float().pow(2).mean().sqrt() for conv in convs])
     median = sizes.median().clamp_min(1e-12)
@@ -180,8 +181,8 @@ def scaled_groups(model: TransformerNet, lr: float) -> list[dict]:
     for conv, size in zip(convs, sizes.tolist()):
         groups.append({"params": list(conv.parameters()), "lr": lr * max(size, 1e-12) / median.item()})
     covered = sum(len(group["params"]) for group in groups)
-    if covered != len(list(model.parameters())):
-        raise ConfigError(f"{type(model).__name__}: {covered} of its {len(list(model.parameters()))} parameters are "
+    if covered != total:
+        raise ConfigError(f"{type(model).__name__}: {covered} of its {total} parameters are "
                           "in a convolution or a norm; --init-trains all does not know how to scale the rest")
     return groups
 
