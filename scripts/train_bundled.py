@@ -17,8 +17,10 @@ before trained (``--init`` of the previous stage's file, whose record the next k
 3. as 2, the style loss at ½ and ¼ only (the scale-1 ratio has room to spare, ¼ has not);
 4. with ``--joint-steps N``: every style at once in the all-styles file, every weight
    training (``--init-trains all``: the trunk too, each layer's lr scaled to its size;
-   each style goes on from its own rows), lr 1e-3, stage 3's data and loss; then each
-   style is taken out of it as a single-style file (``OUT/joint/``). The norm rows alone
+   each style goes on from its own rows), lr 1e-3, stage 3's data, the style loss at 1, ½
+   and ¼ again (with the trunk training, a scale left out of the loss drifts: t11 in
+   docs/recipe.md; this is t12's command); then each style is taken out of it as a
+   single-style file (``OUT/joint/``). The norm rows alone
    stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room.
 
 One chain of ``fastnst train`` processes per style, the styles all at once on the
@@ -57,7 +59,7 @@ STAGES = (["--crop-size", "256", "--lr", "5e-3", "--seed", "42", "--style-scales
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "1,0.5,0.25"],
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "0.5,0.25"])
 STAGE_STEPS = (1200, 300, 150)
-JOINT = ["--crop-size", "384", "--lr", "1e-3", "--seed", "44", "--style-scales", "0.5,0.25", "--init-trains", "all"]
+JOINT = ["--crop-size", "384", "--lr", "1e-3", "--seed", "44", "--style-scales", "1,0.5,0.25", "--init-trains", "all"]
 
 
 def outputs(style: str, args: argparse.Namespace) -> list[Path]:
