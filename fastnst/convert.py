@@ -65,7 +65,8 @@ def convert_model(config: ConvertConfig) -> Path:
         styles = tuple(name for (net, info), path in zip(loaded, config.merge)
                        for name in (info.styles if len(info.styles) == net.spec.num_styles else
                                     [f"{Path(path).stem}{i}" for i in range(net.spec.num_styles)]))
-        extra = {"merged_from": [Path(p).name for p in config.merge], "parts": [info.config for _, info in loaded]}
+        extra = {"merged_from": [Path(p).name for p in config.merge], "parts": [info.config for _, info in loaded],
+                 "half": config.half}
         thumbnails = sum((info.thumbnails for _, info in loaded), ())
         if not all(info.thumbnails for _, info in loaded):
             thumbnails = ()  # all or nothing: one per style

@@ -32,7 +32,7 @@ from fastnst.checkpoint import load_model, read_info, save_model
 from fastnst.convert import ConvertConfig, convert_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
-from fastnst.train.config import TrainConfig, training_stages
+from fastnst.train.config import TrainConfig, inherited_from, joint_part, training_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,9 @@ def command_line(config: dict, output: str, init: str | None = None) -> str:
     styles' trunk)."""
     init = init or (Path(config["init"]).name if config.get("init") else None)
     train = TrainConfig.from_record({**config, "output": output, "init": init})
-    return " ".join(["fastnst train", *train.command(show=_show)])
+    before = config.get("init_record")
+    return " ".join(["fastnst train", *train.command(_show, inherited_from(before) if isinstance(before, dict) else
+                                                       ({}, {}))])
 
 
 def _step_totals(config: dict) -> list[list[int]]:
@@ -95,14 +97,41 @@ def stage_commands(config: dict, output: str, init: str | None = None) -> list[s
     return lines
 
 
+# The files of a joint stage's commands: its --init (every style's file before it, merged) and its output.
+JOINT_START, JOINT_OUTPUT = "joint-start.safetensors", "joint.safetensors"
+
+
 def commands(chain: list[dict], name: str) -> list[str]:
     """Every command that makes ``<name>.safetensors`` again, from the trunk through each stage of ``chain``
-    (``training_stages``)."""
-    outputs = stage_names(name, len(chain))
+    (``training_stages``); a chain ending in a joint stage ends with its commands (``joint_commands``)."""
+    joint = _joint(chain)
+    own = chain[:-1] if joint else chain
+    outputs = stage_names(name, len(own) + bool(joint))[:len(own)]
     root = chain[0].get("init")
     return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
-            *(line for i, (stage, out) in enumerate(zip(chain, outputs))
-              for line in stage_commands(stage, out, outputs[i - 1] if i else None))]
+            *(line for i, (stage, out) in enumerate(zip(own, outputs))
+              for line in stage_commands(stage, out, outputs[i - 1] if i else None)),
+            *(joint_commands(joint, outputs[-1], name) if joint else [])]
+
+
+def _joint(chain: list[dict]) -> dict | None:
+    """The last stage when it trained several styles together and this style was taken out of it, else None."""
+    return chain[-1] if len(chain) > 1 and joint_part(chain[-1]) is not None else None
+
+
+def joint_commands(joint: dict, own_file: str, name: str) -> list[str]:
+    """A joint stage's commands: merge every style's file before it (this style's is ``own_file``; the others' by
+    the commands of their cards), train them together, take this style out."""
+    before, own = joint["init_record"], joint_part(joint)
+    files = [own_file if part is own else f"{Path(part['style'][0]).stem}-stage{len(training_stages(part))}.safetensors"
+             for part in before["parts"]]
+    # The bundled all-styles file is always fp16 (bundle_style --merge); merges from before convert recorded
+    # "half" were that file.
+    half = " --half" if before.get("half", True) else ""
+    return [f"# {', '.join(f for f in files if f != own_file)}: by the first commands of their cards",
+            f"fastnst convert --merge {' '.join(files)}{half} -o {JOINT_START}",
+            *stage_commands(joint, JOINT_OUTPUT, JOINT_START),
+            f"fastnst convert {JOINT_OUTPUT} --select {joint['selected_styles'][0]} -o {name}.safetensors"]
 
 
 def _extended(config: dict) -> str:
@@ -174,7 +203,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
     lines = [
         f"# {name}",
         "",
-        f"**Style{'s' if len(config['style']) > 1 else ''}:** {paintings_line(config['style'])}; public domain. "
+        f"**Style{'s' if len(chain[0]['style']) > 1 else ''}:** {paintings_line(chain[0]['style'])}; public domain. "
         "Style images "
         f"from `../shared/data/style` (not shipped), long side {config.get('style_size') or 'as is'} px for the "
         "style targets.",
@@ -231,7 +260,9 @@ def _stage_line(stage: dict, with_weight: bool) -> str:
         f"{stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, lr {stage['lr']:g} "
         f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}",
         f", style weight {_weight(stage)}" if with_weight else "",
-        ", every weight training (--init-trains all)" if stage.get("init_trains") == "all" else ""])
+        ", every weight training (--init-trains all)" if stage.get("init_trains") == "all" else "",
+        f", all {len(stage['style'])} styles of `{JOINT_START}` together (each photo scored against one of them at "
+        "random; the stage's time is theirs together)" if joint_part(stage) is not None else ""])
 
 
 def quality_lines(quality: dict) -> list[str]:
@@ -283,14 +314,15 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
     lines = [
         f"# {name}",
         "",
-        f"**Styles:** {paintings_line([c['style'][0] for c in parts])}; public domain.",
+        f"**Styles:** {paintings_line([training_stages(c)[0]['style'][0] for c in parts])}; public domain.",
         "",
         f"**File:** `checkpoints/{name}.safetensors`, {size_mb:.1f} MB, fp16 weights (load as fp32), network "
         f"`{parts[0]['spec']}`, styles {', '.join(styles)}, with a thumbnail of each style image.",
         "",
         f"One network, {len(styles)} styles (conditional instance norm): the single-style models joined by "
         "`fastnst convert --merge`. They share every weight but their instance-norm rows "
-        f"(the trunk: {TRUNK_CREDIT}), so each style here gives the same picture as its single-style file, and "
+        f"(the trunk: {TRUNK_CREDIT}{_tuned(parts)}), so each style here gives the same picture as its single-style "
+        "file, and "
         "`--style-mix` blends them in one pass.",
         "",
         "| style | steps | training time | style ratios 1 / ½ / ¼ (bar <= 0.10) | training and quality bar |",
@@ -305,6 +337,12 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _tuned(parts: list[dict]) -> str:
+    """How the trunk changed after the conversion: nothing, or fine-tuned by a stage training every weight."""
+    return ", then fine-tuned in training (see each card)" if any(
+        stage.get("init_trains") == "all" for part in parts for stage in training_stages(part)) else ""
 
 
 def bundle_merged(paths: list[Path], args: argparse.Namespace) -> int:
@@ -348,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if "steps_done" not in config:
         print(f"{args.model}: not a model written by fastnst train (no training config)", file=sys.stderr)
         return 1
-    name = args.name or Path(config["style"][0]).stem
+    name = args.name or Path(training_stages(config)[0]["style"][0]).stem  # a selected style: its own image
     thumbnails = info.thumbnails or tuple(encode_thumbnail(path) for path in config["style"])
     path = save_model(args.out / f"{name}.safetensors", model, styles=info.styles, config=config, half=True,
                       thumbnails=thumbnails)

@@ -208,6 +208,62 @@ def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_sta
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_it(tmp_path, vgg_file, monkeypatch):
+    photos = training_inputs(tmp_path, {"trunk_style": 7, "wave": 101, "starry_night": 100})
+    loss = LossSpec(vgg="vgg16", vgg_weights=str(vgg_file("vgg16", "relu2_2")), content_layers="relu2_2",
+                    style_layers="relu2_2", style_weight=1e3)
+    common = dict(data=str(photos), spec="light", image_size=40, batch_size=2, workers=0, holdout=1, loss=loss,
+                  checkpoint_every=0, sample_every=0)
+    runs = tmp_path / "runs"
+
+    def style(name: str) -> tuple[str]:
+        return (str(tmp_path / f"{name}.png"),)
+
+    trunk = fit(TrainConfig(**common, style=style("trunk_style"), output=str(runs / "trunk.safetensors"), steps=2))
+    # wave in two stages, starry_night in one, both starting at lr 5e-3: the joint stage's --init gives lr 5e-3 to
+    # a command that leaves --lr out, so its card must write the joint stage's default lr 1e-3.
+    wave1 = fit(TrainConfig(**common, style=style("wave"), output=str(runs / "w1.safetensors"), steps=2, lr=5e-3,
+                            crop_size=24, init=str(trunk)))
+    wave = fit(TrainConfig(**common, style=style("wave"), output=str(runs / "w2.safetensors"), steps=1, lr=2e-3,
+                           seed=5, init=str(wave1)))
+    starry = fit(TrainConfig(**common, style=style("starry_night"), output=str(runs / "s1.safetensors"), steps=2,
+                             lr=5e-3, init=str(trunk)))
+    start = runs / "start.safetensors"
+    assert main(["convert", "--merge", str(wave), str(starry), "--half", "-o", str(start)]) == 0
+    joint = fit(TrainConfig(**common, style=style("wave") + style("starry_night"), output=str(runs / "j.safetensors"),
+                            steps=2, seed=7, init=str(start), init_trains="all"))
+    out = tmp_path / "checkpoints"
+    for name in ("wave", "starry_night"):
+        assert main(["convert", str(joint), "--select", name, "-o", str(runs / f"{name}.safetensors")]) == 0
+        assert bundle_style.main([str(runs / f"{name}.safetensors"), "--out", str(out)]) == 0
+    card = (out / "wave.md").read_text()
+    assert "*The Great Wave off Kanagawa*" in card and "Starry" not in card.split("## Training")[0]
+    assert "Steps: 5 (10 images) in 3 stages" in card and "fine-tuned in stage 3 from: `trunk.safetensors`" in card
+    assert "3. 2 steps on photos centre-cropped, lr 0.001 (constant), seed 7, style loss at scales 1, every " \
+        "weight training (--init-trains all), all 2 styles of `joint-start.safetensors` together" in card
+    lines = card.split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert lines[2:] == [
+        "# starry_night-stage1.safetensors: by the first commands of their cards",
+        "fastnst convert --merge wave-stage2.safetensors starry_night-stage1.safetensors --half -o "
+        "joint-start.safetensors", lines[4], "fastnst convert joint.safetensors --select wave -o wave.safetensors"]
+    assert "--init wave-stage1.safetensors" in lines[1] and "-o wave-stage2.safetensors" in lines[1]
+    assert " --lr 0.001 " in lines[4] and "--init joint-start.safetensors --init-trains all" in lines[4]
+    # Run as written in a fresh folder holding only the trunk: starry_night's own stage by its card, then wave's
+    # card whole, then starry_night's last line; both give the bundled networks again, bit for bit.
+    starry_lines = [line for line in (out / "starry_night.md").read_text().splitlines() if line.startswith("fastnst")]
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copy(trunk, rerun / "trunk.safetensors")
+    monkeypatch.chdir(rerun)
+    for command in [starry_lines[0], *(line for line in lines if line.startswith("fastnst")), starry_lines[-1]]:
+        argv = shlex.split(command)[1:]
+        assert main(argv + (["--workers", "0"] if argv[0] == "train" else [])) == 0, command
+    for name in ("wave", "starry_night"):
+        again, bundled = load_model(rerun / f"{name}.safetensors")[0], load_model(out / f"{name}.safetensors")[0]
+        for key, value in bundled.state_dict().items():
+            torch.testing.assert_close(again.state_dict()[key].half().float(), value, rtol=0, atol=0, msg=key)
+
+
 def test_train_bundled_runs_the_recipe_s_stages_in_turn_and_keeps_finished_ones(tmp_path, vgg_file):
     styles = tmp_path / "styles"
     styles.mkdir()

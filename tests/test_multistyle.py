@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from torch import nn
 
 from fastnst.backends.torch import TorchBackend
@@ -384,6 +385,12 @@ def test_merge_one_style_files_into_one_model_and_refuse_separately_trained_ones
     assert info.config["parts"] == [{"steps_done": 100 + i} for i in range(3)]  # each part's record, whole
     for key, value in net.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value)
+    # fp16 is recorded (a card's merge command must round the same way to reproduce what trained from it).
+    halved = convert_model(ConvertConfig(source=None, output=str(tmp_path / "half.safetensors"), merge=tuple(parts),
+                                         half=True))
+    assert (info.config["half"], read_info(halved).config["half"]) == (False, True)
+    with safe_open(str(halved), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     torch.manual_seed(5)
     stranger = save_model(tmp_path / "stranger.safetensors", TransformerNet(SPECS["light"]), styles=["other"])
     with pytest.raises(MergeError, match="shared weights differ.*trained separately share no encoder/decoder"):

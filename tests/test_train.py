@@ -565,3 +565,28 @@ def test_a_model_file_says_the_command_that_trains_it_again(setup):
     two = make_config(setup, "two", style=(str(setup["style"]), str(setup["photos"] / "p1.jpg")),
                       style_names=("a", "b"), style_weights=(10.0, 20.0))
     assert "a=10,b=20" in two.command()
+
+
+def test_the_command_writes_a_default_the_init_model_would_change(setup):
+    """A card's command with ``--init``: an option left out takes the init model's value (``_inherit``), so one at
+    its default is written when that model gives another; parsed by the CLI with that inheritance, it is whole."""
+    from fastnst.cli import build_parser
+    from fastnst.cli.train import train_config
+    from fastnst.train.config import inherited_from
+
+    init_record = {"lr": 5e-3, "lr_decay": "linear", "style_size": 40,
+                   "loss": {"vgg": "vgg16", "style_weight": 30.0, "style_scales": [1.0, 0.5]}}
+    init = save_model(setup["out"].parent / "init.safetensors", TransformerNet(SPECS["light"]), styles=["a"],
+                      config=init_record)
+    config = make_config(setup, "inh", init=str(init), style_size=40, loss=LossSpec(
+        vgg="vgg16", vgg_weights=str(setup["vgg"]), style_weight=30.0))
+    plain, aware = config.command(), config.command(inherited=inherited_from(init_record))
+    assert "--lr" not in plain and "--lr-decay" not in plain and "--style-scales" not in plain
+    assert aware[aware.index("--lr") + 1] == "0.001" and aware[aware.index("--lr-decay") + 1] == "none"
+    assert aware[aware.index("--style-scales") + 1] == "1"
+    assert aware.count("--style-weight") == 1 and aware.count("--style-size") == 1  # already written: once
+    for argv, same in ((["train", *plain], False), (["train", *aware], True)):
+        args = build_parser(argv).parse_args(argv)
+        args.notices = []
+        again = train_config(args)
+        assert ((again.lr, again.lr_decay, again.loss.style_scales) == (1e-3, "none", (1.0,))) is same

@@ -142,12 +142,15 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
 
-    def command(self, show: Callable[[str], str] = str) -> list[str]:
+    def command(self, show: Callable[[str], str] = str, inherited: tuple[dict, dict] = ({}, {})) -> list[str]:
         """The ``fastnst train`` arguments that train this model again (what a model card prints).
 
         Everything that decides the weights is written, defaults left out; how the
         run is watched or where it runs (logging, checkpoints, workers, device) is
         not. ``show`` rewrites file paths (e.g. relative to the repository).
+        ``inherited``: what the ``--init`` model gives an option left out
+        (``inherited_from`` its record); such an option is written unless it is
+        that value too, or the run would take it.
         """
         default, loss = TrainConfig(style=self.style, data="", output="m.safetensors"), self.loss
         # The loss network is written when it is not the default; the rest when it is not that network's default.
@@ -156,18 +159,28 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("style", "data", "output", "loss") or f.name in _NOT_IN_COMMAND or \
-                    value == getattr(default, f.name):
+                    not _differs(f.name, value, getattr(default, f.name), inherited[0]):
                 continue
             argv += _option(f.name, value, show if f.name in ("init", "sample_images") else str)
         for f in fields(loss):
             value = getattr(loss, f.name)
             reference = LossSpec() if f.name in ("vgg", "vgg_weights") else default_loss
-            if value != getattr(reference, f.name) and not (f.name == "style_weight" and self.style_weights):
+            if _differs(f.name, value, getattr(reference, f.name), inherited[1]) and \
+                    not (f.name == "style_weight" and self.style_weights):
                 argv += _option(f.name, value, show if f.name == "vgg_weights" else str)
         if self.style_weights:
             names = style_names(self.style, self.style_names)
             argv += ["--style-weight", ",".join(f"{n}={w:g}" for n, w in zip(names, self.style_weights))]
         return argv
+
+
+def _differs(name: str, value, default, inherited: dict) -> bool:
+    """Whether a command must write option ``name`` to get ``value``: left out, it is the default, or what the
+    ``--init`` model gives (``inherited``) where it gives one; compared as written (a list is a tuple). None
+    (e.g. no crop) has no spelling: the default it is, or ``--image-size`` keeps the init's crop out."""
+    written = _option(name, value, str)
+    return value is not None and (written != _option(name, default, str) or
+                                  written != _option(name, inherited.get(name, default), str))
 
 
 def _option(name: str, value, show: Callable[[str], str]) -> list[str]:
@@ -190,29 +203,56 @@ def training_stages(record: dict) -> list[dict]:
 
     A run with ``--init`` keeps the init model's record whole (``init_record``);
     when that model was trained by ``fastnst train`` on the same style image(s),
-    it is the stage before (its rows went on training). Any other init model is
-    the trunk the first stage started from.
+    it is the stage before (its rows went on training). A style taken out of a
+    joint run (``fastnst convert --select``) whose init joined single-style
+    models (``--merge``) goes back through its own part of that init: its
+    stages, then the joint one. Any other init model is the trunk the first
+    stage started from.
     """
-    chain = [record]
-    while isinstance(before := chain[0].get("init_record"), dict) and before.get("steps_done") is not None and \
+    before = record.get("init_record")
+    if (part := joint_part(record)) is not None:
+        return [*training_stages(part), record]
+    if isinstance(before, dict) and before.get("steps_done") is not None and \
             [Path(p).name for p in before.get("style", ())] == [Path(p).name for p in record.get("style", ())]:
-        chain.insert(0, before)
-    return chain
+        return [*training_stages(before), record]
+    return [record]
+
+
+def joint_part(record: dict) -> dict | None:
+    """For one style selected from a run of several (``selected_styles``) whose ``--init`` was a merged file
+    (``parts``): the part trained on that style's image, i.e. the style before the joint run; else None."""
+    selected, before = record.get("selected_styles") or (), record.get("init_record")
+    if len(selected) != 1 or not isinstance(before, dict) or not isinstance(before.get("parts"), list):
+        return None
+    names = style_names(record.get("style", ()), record.get("style_names", ()))
+    if selected[0] not in names:
+        return None
+    image = Path(record["style"][names.index(selected[0])]).name
+    return next((part for part in before["parts"] if isinstance(part, dict) and part.get("steps_done") is not None
+                 and [Path(p).name for p in part.get("style", ())] == [image]), None)
 
 
 def inherited_options(init: str | Path) -> tuple[dict, dict]:
-    """(training options, loss options) that model file ``init`` recorded for ``INHERITED`` and ``INHERITED_LOSS``.
+    """(training options, loss options) that model file ``init`` recorded for ``INHERITED`` and ``INHERITED_LOSS``
+    (``inherited_from``); the VGG weight file only where it exists on this machine."""
+    from fastnst.checkpoint import read_info
+
+    train, loss_options = inherited_from(read_info(init).config)
+    weights = loss_options.pop("vgg_weights", None)
+    if weights and Path(weights).is_file():
+        loss_options["vgg_weights"] = weights
+    return train, loss_options
+
+
+def inherited_from(record: dict) -> tuple[dict, dict]:
+    """What ``fastnst train --init`` takes from a model that recorded ``record``: (training options, loss options).
 
     Empty for a model that recorded no training (a converted pytorch/examples
     file). A file joining several trainings (``fastnst convert --merge``, e.g. the
     bundled all-styles file) gives what all of them agree on. A style trained in
     stages (``training_stages``) gives its first stage's options: a new style
-    starts the way that one started. The VGG weight file is inherited only where
-    it exists on this machine.
+    starts the way that one started.
     """
-    from fastnst.checkpoint import read_info
-
-    record = read_info(init).config
     parts = [r for r in record.get("parts", [record]) if isinstance(r, dict) and isinstance(r.get("loss"), dict)]
     if not parts or len(parts) < len(record.get("parts", [record])):
         return {}, {}
@@ -223,8 +263,5 @@ def inherited_options(init: str | Path) -> tuple[dict, dict]:
         return values[0] if all(v == values[0] for v in values) else None
 
     train = {k: v for k in INHERITED if (v := agreed(k, False)) is not None}
-    loss_options = {k: v for k in INHERITED_LOSS if (v := agreed(k, True)) is not None}
-    weights = agreed("vgg_weights", True)
-    if weights and Path(weights).is_file():
-        loss_options["vgg_weights"] = weights
+    loss_options = {k: v for k in (*INHERITED_LOSS, "vgg_weights") if (v := agreed(k, True)) is not None}
     return train, loss_options
