@@ -164,12 +164,13 @@ class StyleLoss:
         from fastnst.images import load_style_image
         from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_targets
         from fastnst.pretrained import load_loss_network
+        from fastnst.train.config import model_style_images
 
         weights = SHARED / "vgg" / "vgg19_caffe_block1-3.pth"
         self.spec = LossSpec(vgg="vgg19", vgg_weights=str(weights), style_layers="relu1_1,relu2_1,relu3_1",
                              content_layers="relu2_2", content_weight=1, style_weight=1)
         config = read_info(model).config
-        style = style_image or config["style"][0]
+        style = style_image or model_style_images(config)[0]
         self.vgg = load_loss_network(self.spec)
         self.grams = style_targets(self.vgg, [load_style_image(style, config.get("style_size"))], self.spec)
         self.torch, self.content_targets, self.losses = torch, content_targets, perceptual_losses

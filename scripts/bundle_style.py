@@ -32,7 +32,7 @@ from fastnst.checkpoint import load_model, read_info, save_model
 from fastnst.convert import ConvertConfig, convert_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
-from fastnst.train.config import TrainConfig, inherited_from, joint_part, training_stages
+from fastnst.train.config import TrainConfig, inherited_from, joint_part, model_style_images, training_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,15 +328,25 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
         "| style | steps | training time | style ratios 1 / ½ / ¼ (bar <= 0.10) | training and quality bar |",
         "|---|---|---|---|---|",
         *rows,
+        *_joint_time(parts),
         "",
         "```bash",
-        f"fastnst convert --merge {trained} -o {name}.safetensors   # each made by the `fastnst train` "
-        "commands of its card",
+        f"fastnst convert --merge {trained} -o {name}.safetensors   # each made by the commands of its card",
         f"fastnst stylize -m checkpoints/{name}.safetensors photos/ -o styled/ --style-mix "
         f"\"{styles[0]}=0.5,{styles[1]}=0.5\"",
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _joint_time(parts: list[dict]) -> list[str]:
+    """A note under the merged card's table when the styles trained together in a last stage: its time is in
+    every row."""
+    joints = {(chain[-1]["steps_done"], chain[-1].get("train_seconds") or 0) for part in parts
+              if _joint(chain := training_stages(part))}
+    return ["", "The last stage trained " + " and ".join(
+        f"{steps:,} steps of these styles together ({seconds / 3600:.2f} h)" for steps, seconds in sorted(joints)) +
+        ": its time is counted in each row."] if joints else []
 
 
 def _tuned(parts: list[dict]) -> str:
@@ -386,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     if "steps_done" not in config:
         print(f"{args.model}: not a model written by fastnst train (no training config)", file=sys.stderr)
         return 1
-    name = args.name or Path(training_stages(config)[0]["style"][0]).stem  # a selected style: its own image
-    thumbnails = info.thumbnails or tuple(encode_thumbnail(path) for path in config["style"])
+    images = model_style_images(config)
+    name = args.name or Path(images[0]).stem
+    thumbnails = info.thumbnails or tuple(encode_thumbnail(path) for path in images)
     path = save_model(args.out / f"{name}.safetensors", model, styles=info.styles, config=config, half=True,
                       thumbnails=thumbnails)
     quality = None

@@ -46,13 +46,24 @@ from fastnst.losses import style_targets
 from fastnst.optimize import OptimizeConfig, optimize
 from fastnst.pretrained import load_loss_network
 from fastnst.score import score_tensor, style_ratios
-from fastnst.train.config import TrainConfig
+from fastnst.train.config import TrainConfig, model_style_images
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENT = REPO.parent / "shared" / "data" / "content"
 CLASSIC = ("tubingen", "golden_gate", "chicago", "brad_pitt", "amber", "stata", "venice-boat", "hoovertowernight")
 RATIO_SCALES = (1.0, 0.5, 0.25)
 BAR_RATIO = 0.10
+
+
+def own_config(record: dict) -> TrainConfig:
+    """The model's training config narrowed to its one style: a style taken out of a joint run (``fastnst convert
+    --select``) keeps the run's record, whose style images (and per-style weights) are all the run's."""
+    images, config = model_style_images(record), TrainConfig.from_record(record)
+    if list(config.style) == images:
+        return config
+    index = list(config.style).index(images[0])
+    loss = replace(config.loss, style_weight=config.style_weights[index]) if config.style_weights else config.loss
+    return replace(config, style=tuple(images), style_names=(), style_weights=(), loss=loss)
 
 
 def stylized(model, photo: torch.Tensor) -> torch.Tensor:
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"eval_styles: {path}: give a single-style model trained by fastnst train "
                   "(fastnst convert --select extracts one)", file=sys.stderr)
             return 1
-        config = TrainConfig.from_record(info.config)
+        config = own_config(info.config)
         vgg = load_loss_network(config.loss)
         print(f"{path.stem}:", flush=True)
         result = {"ratios": ratios(model, config, vgg, args), "ratio_size": args.ratio_size}

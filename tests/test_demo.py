@@ -22,13 +22,14 @@ from fastnst.images import decode_thumbnail, encode_thumbnail, load_image, to_te
 from fastnst.losses import LossSpec
 from fastnst.models.transformer import SPECS, TransformerNet, select_styles
 from fastnst.train import TrainConfig, fit
-from fastnst.train.config import training_stages
+from fastnst.train.config import model_style_images, training_stages
 
 from conftest import REPO, gradient_image, psnr
 
 sys.path.insert(0, str(REPO / "scripts"))
 import bundle_style  # noqa: E402
 import demo  # noqa: E402
+import eval_styles  # noqa: E402
 import make_gallery  # noqa: E402
 import train_bundled  # noqa: E402
 
@@ -236,6 +237,12 @@ def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_
     for name in ("wave", "starry_night"):
         assert main(["convert", str(joint), "--select", name, "-o", str(runs / f"{name}.safetensors")]) == 0
         assert bundle_style.main([str(runs / f"{name}.safetensors"), "--out", str(out)]) == 0
+    # A selected file keeps the joint run's record; what it holds is its own style (what eval_styles scores).
+    record = read_info(runs / "starry_night.safetensors").config
+    assert record["style"] == list(style("wave") + style("starry_night"))
+    assert model_style_images(record) == list(style("starry_night"))
+    assert model_style_images(read_info(joint).config) == record["style"]
+    assert eval_styles.own_config(record).style == style("starry_night")
     card = (out / "wave.md").read_text()
     assert "*The Great Wave off Kanagawa*" in card and "Starry" not in card.split("## Training")[0]
     assert "Steps: 5 (10 images) in 3 stages" in card and "fine-tuned in stage 3 from: `trunk.safetensors`" in card
@@ -248,6 +255,12 @@ def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_
         "joint-start.safetensors", lines[4], "fastnst convert joint.safetensors --select wave -o wave.safetensors"]
     assert "--init wave-stage1.safetensors" in lines[1] and "-o wave-stage2.safetensors" in lines[1]
     assert " --lr 0.001 " in lines[4] and "--init joint-start.safetensors --init-trains all" in lines[4]
+    assert bundle_style.main(["--merge", str(out / "wave.safetensors"), str(out / "starry_night.safetensors"),
+                              "--out", str(out)]) == 0
+    merged = (out / "all_styles.md").read_text()
+    assert "then fine-tuned in training" in merged and "| wave | 5 |" in merged and "| starry_night | 4 |" in merged
+    assert "The last stage trained 2 steps of these styles together (0.00 h): its time is counted in each row." \
+        in merged
     # Run as written in a fresh folder holding only the trunk: starry_night's own stage by its card, then wave's
     # card whole, then starry_night's last line; both give the bundled networks again, bit for bit.
     starry_lines = [line for line in (out / "starry_night.md").read_text().splitlines() if line.startswith("fastnst")]

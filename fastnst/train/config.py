@@ -221,15 +221,22 @@ def training_stages(record: dict) -> list[dict]:
 def joint_part(record: dict) -> dict | None:
     """For one style selected from a run of several (``selected_styles``) whose ``--init`` was a merged file
     (``parts``): the part trained on that style's image, i.e. the style before the joint run; else None."""
-    selected, before = record.get("selected_styles") or (), record.get("init_record")
-    if len(selected) != 1 or not isinstance(before, dict) or not isinstance(before.get("parts"), list):
+    before, images = record.get("init_record"), model_style_images(record)
+    if not record.get("selected_styles") or len(images) != 1 or not isinstance(before, dict) or \
+            not isinstance(before.get("parts"), list):
         return None
-    names = style_names(record.get("style", ()), record.get("style_names", ()))
-    if selected[0] not in names:
-        return None
-    image = Path(record["style"][names.index(selected[0])]).name
     return next((part for part in before["parts"] if isinstance(part, dict) and part.get("steps_done") is not None
-                 and [Path(p).name for p in part.get("style", ())] == [image]), None)
+                 and [Path(p).name for p in part.get("style", ())] == [Path(images[0]).name]), None)
+
+
+def model_style_images(record: dict) -> list[str]:
+    """The style images of the styles a model file holds, in order: its training's (``style``), or of those
+    ``fastnst convert --select`` kept (``selected_styles``: the record stays the whole run's)."""
+    images = list(record.get("style", ()))
+    if not record.get("selected_styles"):
+        return images
+    names = style_names(images, record.get("style_names", ()))
+    return [images[names.index(name)] for name in record["selected_styles"] if name in names]
 
 
 def inherited_options(init: str | Path) -> tuple[dict, dict]:
