@@ -18,6 +18,11 @@ has none). The card ``checkpoints/<name>.md`` is written from what the model
 file records: the painting (``PAINTINGS``), the training data, the exact command,
 steps, time, hardware and final losses. ``--quality`` adds the quality-bar
 figures that ``scripts/eval_styles.py`` wrote.
+
+A style trained in stages gets every stage's command. One taken out of a joint
+run (``fastnst convert JOINT --select STYLE``; the --init of that run joined
+every style's file before it) gets its own stages' commands, the merge, the
+joint run and the select: the other styles' files come from their own cards.
 """
 
 from __future__ import annotations
