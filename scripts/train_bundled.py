@@ -21,7 +21,8 @@ before trained (``--init`` of the previous stage's file, whose record the next k
    and ¼ again (with the trunk training, a scale left out of the loss drifts: t11 in
    docs/recipe.md; this is t12's command); then each style is taken out of it as a
    single-style file (``OUT/joint/``). The norm rows alone
-   stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room.
+   stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room
+   (the bundled models: 1,400 CPU steps, 5.4-8.6x).
 
 One chain of ``fastnst train`` processes per style, the styles all at once on the
 one GPU (each is small: a 1.7 M-parameter network and VGG19 to relu3_1, so together
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="photo-decoding processes per run (default 4)")
     parser.add_argument("--only", nargs="+", choices=STYLES, default=list(STYLES), help="train only these styles")
     parser.add_argument("--joint-steps", type=int, default=0, metavar="N",
-                        help="then N steps of stage 4, every style and weight together (default 0: none)")
+                        help="then N steps of stage 4, every style and weight together (default 0: none; "
+                             "the bundled models had 1400)")
     args = parser.parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
