@@ -72,7 +72,12 @@ def _show(path: str) -> str:
 
 def stage_names(name: str, count: int) -> list[str]:
     """The file each stage writes: ``<name>-stage1.safetensors``, ..., the last one ``<name>.safetensors``."""
-    return [f"{name}-stage{i + 1}.safetensors" for i in range(count - 1)] + [f"{name}.safetensors"]
+    return [stage_file(name, i + 1) for i in range(count - 1)] + [f"{name}.safetensors"]
+
+
+def stage_file(name: str, number: int) -> str:
+    """The file of stage ``number`` (from 1) of a style when a later stage writes ``<name>.safetensors``."""
+    return f"{name}-stage{number}.safetensors"
 
 
 def command_line(config: dict, output: str, init: str | None = None) -> str:
@@ -81,9 +86,7 @@ def command_line(config: dict, output: str, init: str | None = None) -> str:
     styles' trunk)."""
     init = init or (Path(config["init"]).name if config.get("init") else None)
     train = TrainConfig.from_record({**config, "output": output, "init": init})
-    before = config.get("init_record")
-    return " ".join(["fastnst train", *train.command(_show, inherited_from(before) if isinstance(before, dict) else
-                                                       ({}, {}))])
+    return " ".join(["fastnst train", *train.command(_show, inherited_from(config.get("init_record") or {}))])
 
 
 def _step_totals(config: dict) -> list[list[int]]:
@@ -111,12 +114,12 @@ def commands(chain: list[dict], name: str) -> list[str]:
     (``training_stages``); a chain ending in a joint stage ends with its commands (``joint_commands``)."""
     joint = _joint(chain)
     own = chain[:-1] if joint else chain
-    outputs = stage_names(name, len(own) + bool(joint))[:len(own)]
+    outputs = [stage_file(name, i + 1) for i in range(len(own))] if joint else stage_names(name, len(own))
     root = chain[0].get("init")
     return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
             *(line for i, (stage, out) in enumerate(zip(own, outputs))
               for line in stage_commands(stage, out, outputs[i - 1] if i else None)),
-            *(joint_commands(joint, outputs[-1], name) if joint else [])]
+            *(joint_commands(joint, own[-1], outputs[-1], name) if joint else [])]
 
 
 def _joint(chain: list[dict]) -> dict | None:
@@ -124,11 +127,11 @@ def _joint(chain: list[dict]) -> dict | None:
     return chain[-1] if len(chain) > 1 and joint_part(chain[-1]) is not None else None
 
 
-def joint_commands(joint: dict, own_file: str, name: str) -> list[str]:
-    """A joint stage's commands: merge every style's file before it (this style's is ``own_file``; the others' by
-    the commands of their cards), train them together, take this style out."""
-    before, own = joint["init_record"], joint_part(joint)
-    files = [own_file if part is own else f"{Path(part['style'][0]).stem}-stage{len(training_stages(part))}.safetensors"
+def joint_commands(joint: dict, own: dict, own_file: str, name: str) -> list[str]:
+    """A joint stage's commands: merge every style's file before it (this style's, ``own``, is ``own_file``; the
+    others' by the commands of their cards), train them together, take this style out."""
+    before = joint["init_record"]
+    files = [own_file if part is own else stage_file(Path(part["style"][0]).stem, len(training_stages(part)))
              for part in before["parts"]]
     # The bundled all-styles file is always fp16 (bundle_style --merge); merges from before convert recorded
     # "half" were that file.
@@ -151,7 +154,10 @@ def _extended(config: dict) -> str:
 
 def totals(config: dict) -> tuple[int, float | None]:
     """(steps, training seconds) over every stage; seconds None when a stage did not record its time."""
-    chain = training_stages(config)
+    return _chain_totals(training_stages(config))
+
+
+def _chain_totals(chain: list[dict]) -> tuple[int, float | None]:
     seconds = [stage.get("train_seconds") for stage in chain]
     return sum(stage["steps_done"] for stage in chain), (None if None in seconds else sum(seconds))
 
@@ -200,7 +206,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
          remark: str | None = None) -> str:
     losses = config.get("final_losses") or {}
     chain = training_stages(config)
-    train_seconds = totals(config)[1]
+    train_seconds = _chain_totals(chain)[1]
     staged = len(chain) > 1
     optimiser = "lr and seed as each stage says" if staged else \
         f"lr {config['lr']:g} ({_schedule(config)}), seed {config['seed']}"
@@ -308,32 +314,32 @@ def paintings_line(style_paths: list[str]) -> str:
 
 def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: float, quality: dict) -> str:
     """The card of a file joining single-style models trained on one trunk."""
-    rows = []
-    for style, config in zip(styles, parts):
+    rows, chains = [], [training_stages(part) for part in parts]
+    for style, chain in zip(styles, chains):
         ratios = (quality.get(style) or {}).get("ratios")
         shown = " / ".join(f"{ratios[k]:.3f}" for k in ("1", "0.5", "0.25")) if ratios else "not measured"
-        steps, seconds = totals(config)
+        steps, seconds = _chain_totals(chain)
         hours = f"{seconds / 3600:.2f} h" if seconds else "not recorded"
         rows.append(f"| {style} | {steps:,} | {hours} | {shown} | [card]({style}.md) |")
     trained = " ".join(f"{style}.safetensors" for style in styles)
     lines = [
         f"# {name}",
         "",
-        f"**Styles:** {paintings_line([training_stages(c)[0]['style'][0] for c in parts])}; public domain.",
+        f"**Styles:** {paintings_line([chain[0]['style'][0] for chain in chains])}; public domain.",
         "",
         f"**File:** `checkpoints/{name}.safetensors`, {size_mb:.1f} MB, fp16 weights (load as fp32), network "
         f"`{parts[0]['spec']}`, styles {', '.join(styles)}, with a thumbnail of each style image.",
         "",
         f"One network, {len(styles)} styles (conditional instance norm): the single-style models joined by "
         "`fastnst convert --merge`. They share every weight but their instance-norm rows "
-        f"(the trunk: {TRUNK_CREDIT}{_tuned(parts)}), so each style here gives the same picture as its single-style "
+        f"(the trunk: {TRUNK_CREDIT}{_tuned(chains)}), so each style here gives the same picture as its single-style "
         "file, and "
         "`--style-mix` blends them in one pass.",
         "",
         "| style | steps | training time | style ratios 1 / ½ / ¼ (bar <= 0.10) | training and quality bar |",
         "|---|---|---|---|---|",
         *rows,
-        *_joint_time(parts),
+        *_joint_time(chains),
         "",
         "```bash",
         f"fastnst convert --merge {trained} -o {name}.safetensors   # each made by the commands of its card",
@@ -344,20 +350,19 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
     return "\n".join(lines) + "\n"
 
 
-def _joint_time(parts: list[dict]) -> list[str]:
+def _joint_time(chains: list[list[dict]]) -> list[str]:
     """A note under the merged card's table when the styles trained together in a last stage: its time is in
     every row."""
-    joints = {(chain[-1]["steps_done"], chain[-1].get("train_seconds") or 0) for part in parts
-              if _joint(chain := training_stages(part))}
+    joints = {(chain[-1]["steps_done"], chain[-1].get("train_seconds") or 0) for chain in chains if _joint(chain)}
     return ["", "The last stage trained " + " and ".join(
         f"{steps:,} steps of these styles together ({seconds / 3600:.2f} h)" for steps, seconds in sorted(joints)) +
         ": its time is counted in each row."] if joints else []
 
 
-def _tuned(parts: list[dict]) -> str:
+def _tuned(chains: list[list[dict]]) -> str:
     """How the trunk changed after the conversion: nothing, or fine-tuned by a stage training every weight."""
     return ", then fine-tuned in training (see each card)" if any(
-        stage.get("init_trains") == "all" for part in parts for stage in training_stages(part)) else ""
+        stage.get("init_trains") == "all" for chain in chains for stage in chain) else ""
 
 
 def bundle_merged(paths: list[Path], args: argparse.Namespace) -> int:
