@@ -30,16 +30,22 @@ from fastnst.errors import ConfigError
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) activations → (B, C, C) Gram matrices divided by C·H·W, always in fp32.
+    """(B, C, H, W) activations → (B, C, C) Gram matrices divided by C·H·W, always returned in fp32.
 
-    Under fp16 autocast the sum over H·W overflows (activations of 100s squared
-    over 65k pixels), so the product is computed with autocast off in fp32.
+    fp16 activations are widened first: their sum over H·W overflows fp16
+    (activations of 100s squared over 65k pixels). bf16 ones are multiplied as
+    they are: bf16 has fp32's range, the product accumulates in fp32, and only
+    its result is rounded to bf16 (relative error ~0.2%, far below what the
+    loss resolves); on a CPU with bf16 instructions this is 2.3× faster than
+    fp32, a tenth of a bf16 training step (``scripts/bench_train.py``).
     """
     b, c, h, w = features.shape
-    flat = features.reshape(b, c, h * w).float()
+    flat = features.reshape(b, c, h * w)
+    if flat.dtype != torch.bfloat16:
+        flat = flat.float()
     with torch.autocast(device_type=flat.device.type, enabled=False):
         gram = torch.bmm(flat, flat.transpose(1, 2))
-    return gram / (c * h * w)
+    return gram.float() / (c * h * w)
 
 
 def content_loss(features: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],

@@ -54,6 +54,19 @@ def test_gram_is_fp32_under_bf16_autocast():
     np.testing.assert_allclose(g.numpy(), np_gram(f.numpy()), rtol=1e-5, atol=1e-6)
 
 
+def test_gram_of_bf16_activations_is_fp32_within_bf16_rounding_and_differentiable():
+    # What a VGG under bf16 autocast hands the style loss: bf16 activations of 100s over many pixels.
+    f = (torch.rand(2, 6, 64, 64) * 200).bfloat16().requires_grad_(True)
+    g = gram_matrix(f)
+    assert g.dtype == torch.float32
+    exact = np_gram(f.detach().float().numpy())
+    np.testing.assert_allclose(g.detach().numpy(), exact, rtol=2 ** -7)
+    g.sum().backward()  # d(Σ G)/dF = 2 · (Σ_d F_d) / (C·H·W), per pixel
+    flat = f.detach().float().reshape(2, 6, -1)
+    expected = 2 * flat.sum(1, keepdim=True).expand_as(flat) / (6 * 64 * 64)
+    np.testing.assert_allclose(f.grad.float().reshape(2, 6, -1).numpy(), expected.numpy(), rtol=2 ** -6)
+
+
 def test_content_and_style_losses_match_numpy_with_layer_weights():
     torch.manual_seed(0)
     feats = {"a": torch.randn(2, 3, 4, 4), "b": torch.randn(2, 6, 2, 2)}

@@ -424,6 +424,20 @@ def test_resume_refuses_a_checkpoint_of_another_network(setup):
         fit(dataclasses.replace(first, spec="johnson", resume="auto"))
 
 
+def test_resuming_into_another_output_is_the_same_run_but_another_lr_is_named(setup, caplog):
+    first = make_config(setup, "first", steps=2)
+    fit(first)
+    ckpt = checkpoint_path(first.output)
+    moved = make_config(setup, "moved", steps=3, resume=str(ckpt))
+    with caplog.at_level(logging.WARNING, logger="fastnst.train"):
+        fit(moved)
+    assert "resumed from" in caplog.text and "will not match" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastnst.train"):
+        fit(make_config(setup, "other_lr", steps=3, resume=str(ckpt), lr=first.lr / 2))
+    assert "changed option(s) lr: the run will not match" in caplog.text
+
+
 def test_training_state_files_are_versioned_and_loaded_safely(tmp_path, model_file):
     path = save_training_state(tmp_path / "s.ckpt.pt", {"step": 3, "w": torch.ones(2), "nested": {"a": [1, (2, None)]}})
     state = load_training_state(path)

@@ -19,8 +19,8 @@ INIT_TRAINS = ("rows", "all")
 DEFAULT_EPOCHS = 2  # pytorch/examples' default: two passes over COCO (~40k steps of 4)
 
 # Options that may change when a run is resumed without making it a different run.
-RESUMABLE_CHANGES = {"resume", "steps", "epochs", "checkpoint_every", "logdir", "log_every", "sample_every",
-                     "sample_images", "workers", "device", "compile"}
+RESUMABLE_CHANGES = {"resume", "output", "steps", "epochs", "checkpoint_every", "logdir", "log_every",
+                     "sample_every", "sample_images", "workers", "device", "compile"}
 # Options that only say how a run is watched or where it runs, not what it trains: left out of ``command()``.
 _NOT_IN_COMMAND = {"resume", "checkpoint_every", "logdir", "log_every", "sample_every", "workers", "device"}
 # What ``fastnst train --init MODEL`` takes from MODEL's own training when the command leaves it unset, so a new
