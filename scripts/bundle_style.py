@@ -114,7 +114,7 @@ def commands(chain: list[dict], name: str) -> list[str]:
     (``training_stages``); a chain ending in a joint stage ends with its commands (``joint_commands``)."""
     joint = _joint(chain)
     own = chain[:-1] if joint else chain
-    outputs = [stage_file(name, i + 1) for i in range(len(own))] if joint else stage_names(name, len(own))
+    outputs = stage_names(name, len(own) + bool(joint))[:len(own)]  # a joint stage writes <name>.safetensors
     root = chain[0].get("init")
     return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
             *(line for i, (stage, out) in enumerate(zip(own, outputs))
