@@ -22,7 +22,7 @@ before trained (``--init`` of the previous stage's file, whose record the next k
    docs/recipe.md; this is t12's command); then each style is taken out of it as a
    single-style file (``OUT/joint/``). The norm rows alone
    stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room
-   (the bundled models: 1,400 CPU steps, 5.4-8.6x).
+   (the bundled models: 2,100 CPU steps, 5.1-8.4x).
 
 One chain of ``fastnst train`` processes per style, the styles all at once on the
 one GPU (each is small: a 1.7 M-parameter network and VGG19 to relu3_1, so together
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=STYLES, default=list(STYLES), help="train only these styles")
     parser.add_argument("--joint-steps", type=int, default=0, metavar="N",
                         help="then N steps of stage 4, every style and weight together (default 0: none; "
-                             "the bundled models had 1400)")
+                             "the bundled models had 2100)")
     args = parser.parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
