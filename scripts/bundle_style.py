@@ -100,9 +100,19 @@ def stage_commands(config: dict, output: str, init: str | None = None) -> list[s
     for i, (start, total) in enumerate(totals):
         if i and start != totals[i - 1][1]:
             lines.append(f"# stopped at step {start} (Ctrl-C) before resuming with --steps {total}")
-        lines.append(command_line({**config, "steps": total, "epochs": None}, output, init)
+        lines.append(command_line({**as_run(config, start), "steps": total, "epochs": None}, output, init)
                      + (" --resume auto" if i else ""))
     return lines
+
+
+def as_run(config: dict, step: int) -> dict:
+    """The run's record as it stood from ``step`` on: options a later resume changed (``resume_changes``, each
+    with the values before) go back to what they were."""
+    record = dict(config)
+    for at, before in reversed(config.get("resume_changes") or []):
+        if at > step:
+            record.update(before)
+    return record
 
 
 # The files of a joint stage's commands: its --init (every style's file before it, merged) and its output.
@@ -144,12 +154,14 @@ def joint_commands(joint: dict, own: dict, own_file: str, name: str) -> list[str
 
 def _extended(config: dict) -> str:
     """How a run resumed with more steps went on (its learning-rate decay restarted), or nothing."""
-    totals = _step_totals(config)
+    totals, changes = _step_totals(config), config.get("resume_changes") or []
+    changed = "".join(f"; from step {at:,} with {', '.join('--' + k.replace('_', '-') for k in sorted(before))} "
+                      "changed" for at, before in changes)
     if len(totals) == 1:
-        return ""
+        return f" ({changed[2:]})" if changed else ""
     return (f" (asked for {totals[0][1]:,} steps, then resumed with " + ", then ".join(
         f"`--steps {total}` at step {start:,}" for start, total in totals[1:]) +
-        f"; the {_schedule(config)} went on from the factor at each of those steps)")
+        f"; the {_schedule(config)} went on from the factor at each of those steps{changed})")
 
 
 def totals(config: dict) -> tuple[int, float | None]:

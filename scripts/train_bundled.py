@@ -24,6 +24,11 @@ before trained (``--init`` of the previous stage's file, whose record the next k
    stay 10-20x above L-BFGS's style loss (docs/recipe.md); this is the step with room
    (the bundled models: 2,100 CPU steps, 5.1-8.4x).
 
+Every stage takes its losses on the output clamped as saved, ``fastnst train``'s default
+since t14 in docs/recipe.md (8.37 -> 7.13x for starry_night against the raw output's 8.17x
+in the same 200 steps); the bundled models' stages 1-3 and their first 2,100 joint steps
+took them on the raw output (their cards' commands say ``--loss-on-raw-output``).
+
 One chain of ``fastnst train`` processes per style, the styles all at once on the
 one GPU (each is small: a 1.7 M-parameter network and VGG19 to relu3_1, so together
 they fill the device far better than one at a time), each resumable (``--resume auto``:

@@ -173,9 +173,10 @@ def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_sta
     first = fit(TrainConfig(**common, output=str(runs / "a.safetensors"), steps=2, crop_size=24, init=str(trunk)))
     # The second stage ran 2 steps, then was resumed to 3: its linear decay went on from step 2's factor on the new
     # total, unlike a straight 3-step run; the record keeps both totals so the card can say how to get it again.
+    # Its first part took the losses on the raw output, the resumed one on the output clamped as saved.
     second_stage = dict(**common, output=str(runs / "b.safetensors"), lr=2e-3, lr_decay="linear", seed=5,
                         init=str(first))
-    fit(TrainConfig(**second_stage, steps=2))
+    fit(TrainConfig(**second_stage, steps=2, loss_on_raw_output=True))
     second = fit(TrainConfig(**second_stage, steps=3, resume="auto"))
     assert read_info(second).config["step_totals"] == [[0, 2], [2, 3]]
     straight = fit(TrainConfig(**{**second_stage, "output": str(runs / "straight.safetensors")}, steps=3))
@@ -192,11 +193,13 @@ def test_a_style_trained_in_stages_has_a_card_whose_commands_reproduce_every_sta
     two = [{"hardware": "AMD EPYC, 1 thread", "train_seconds": 3600}, {"hardware": "GPU", "train_seconds": 1800}]
     assert bundle_style._where(two) == ": stage 1 1.00 h on AMD EPYC, 1 thread; stage 2 0.50 h on GPU"
     assert "2. 3 steps (asked for 2 steps, then resumed with `--steps 3` at step 2; the linear decay went on " in card
+    assert "steps; from step 2 with --loss-on-raw-output changed)" in card
     commands = [line for line in card.splitlines() if line.startswith("fastnst train")]
     assert len(commands) == 3 and "-o wave-stage1.safetensors" in commands[0] and "--init trunk.safetensors" in \
         commands[0] and all("-o wave.safetensors" in c and "--init wave-stage1.safetensors" in c for c in commands[1:])
     assert "--steps 2 " in commands[1] and "--resume" not in commands[1] and "--steps 3 " in commands[2] and \
         commands[2].endswith(" --resume auto")
+    assert "--loss-on-raw-output" in commands[1] and "--loss-on-raw-output" not in commands[2]
     # Run as written, in a fresh folder holding only the trunk: the stages give the same network again.
     rerun = tmp_path / "rerun"
     rerun.mkdir()

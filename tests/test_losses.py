@@ -11,6 +11,7 @@ from fastnst.losses import (
     MOTION,
     VGG_WEIGHTS_ENV,
     LossSpec,
+    as_saved,
     content_loss,
     content_targets,
     gram_matrix,
@@ -110,8 +111,20 @@ def test_losses_never_mutate_their_inputs():
     content_loss(feats, targets, {"a": 1.0})
     style_loss(feats, {"a": gram_matrix(targets["a"])}, {"a": 1.0})
     tv_loss(image)
+    as_saved(image * 2)
     for b, a in zip(before, (feats["a"], targets["a"], image)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_as_saved_is_the_clamped_image_with_the_gradient_of_the_unclamped_one(dtype):
+    image = torch.tensor([[-0.5, 0.0, 0.3], [1.0, 1.7, 0.999]], dtype=dtype).requires_grad_(True)
+    weights = torch.tensor([[2.0, -1.0, 3.0], [0.5, -4.0, 7.0]], dtype=dtype)
+    out = as_saved(image)
+    assert out.dtype == dtype
+    assert out.tolist() == np.clip(image.detach().float().numpy(), 0, 1).astype(np.float32).tolist()
+    (weights * out).sum().backward()
+    assert torch.equal(image.grad, weights)  # a plain clamp would give 0 at -0.5 and 1.7
 
 
 def test_perceptual_losses_compose_the_parts_and_give_gradients():

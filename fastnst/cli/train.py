@@ -76,6 +76,9 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                    help="for video: also stylize a slightly moved, noisy copy of each batch and penalise where its "
                         "stylization differs from the moved stylization (less flicker; about 1.4x the step time; "
                         "default 0: off; see docs/recipe.md for values)")
+    p.add_argument("--loss-on-raw-output", action="store_true",
+                   help="take the losses on the network's raw output, not on it clamped to 0-1 as a saved picture "
+                        "is (how earlier fastnst runs trained; docs/recipe.md, t14)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none",
                    help="mixed precision: bf16 is about 2x faster on CPUs with AVX512-BF16/AMX (default none)")
@@ -118,6 +121,7 @@ def train_config(args: argparse.Namespace):
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
         sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
         checkpoint_every=args.checkpoint_every, resume=args.resume, temporal_weight=args.temporal_weight,
+        loss_on_raw_output=args.loss_on_raw_output,
         **{name: value for name, value in options.items() if value is not None})
 
 

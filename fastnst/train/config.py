@@ -26,6 +26,8 @@ _NOT_IN_COMMAND = {"resume", "checkpoint_every", "logdir", "log_every", "sample_
 # What ``fastnst train --init MODEL`` takes from MODEL's own training when the command leaves it unset, so a new
 # style is trained the way the model's styles were (docs/recipe.md): the sizes, the optimiser and the loss.
 INHERITED = ("image_size", "crop_size", "style_size", "batch_size", "lr", "lr_decay")
+# What a record written before an option existed means by leaving it out (where that is not the option's default).
+UNRECORDED = {"loss_on_raw_output": True}
 INHERITED_LOSS = ("vgg", "vgg_flavour", "content_layers", "style_layers", "content_weight", "style_weight",
                   "tv_weight", "style_scales")
 
@@ -80,6 +82,7 @@ class TrainConfig:
     keep_init_styles: bool = False
     init_trains: str = "rows"  # with init: the new styles' norm rows alone, or every weight (``scaled_groups``)
     temporal_weight: float = 0.0  # the temporal-consistency term (``fastnst.losses.temporal_loss``); 0: off
+    loss_on_raw_output: bool = False  # the losses see the raw output, not it clamped as saved (``losses.as_saved``)
 
     def __post_init__(self) -> None:
         style = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
@@ -140,7 +143,7 @@ class TrainConfig:
     def from_record(cls, record: dict) -> TrainConfig:
         """The config a model file recorded (``ModelInfo.config``), without the run's own record (steps done, ...)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in names})
+        return cls(**{**UNRECORDED, **{k: v for k, v in record.items() if k in names}})
 
     def command(self, show: Callable[[str], str] = str, inherited: tuple[dict, dict] = ({}, {})) -> list[str]:
         """The ``fastnst train`` arguments that train this model again (what a model card prints).

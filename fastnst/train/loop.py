@@ -8,7 +8,8 @@ caller's callback, the periodic checkpoint), then the model file.
 
 What a step optimises (Johnson et al. 2016): the transformation network turns a
 batch of photos (B, 3, S, S, 0–1) into stylized images; the frozen VGG loss
-network scores them with ``fastnst.losses.perceptual_losses`` against the
+network scores them (clamped to 0–1 as saved, ``fastnst.losses.as_saved``, unless
+``loss_on_raw_output``) with ``fastnst.losses.perceptual_losses`` against the
 photo's own content activations (computed without gradients, by a VGG cut at the
 deepest content layer) and the style images' Gram matrices (computed once, in
 fp32). Adam updates only the transformation network (only the new styles' norm
@@ -45,18 +46,28 @@ import torch
 
 from fastnst.checkpoint import ModelInfo, load_training_state, read_info, save_model, save_training_state
 from fastnst.device import describe_device, keep_freed_memory
-from fastnst.errors import FastNSTError, ModelFileError
+from fastnst.errors import FastNSTError
 from fastnst.files import probe_writable, remove_temporaries_of, show_path
 from fastnst.images import encode_thumbnail
-from fastnst.losses import MOTION, LossSpec, content_targets, perceptual_losses, random_motion, temporal_loss, warp
-from fastnst.models.transformer import TransformerNet, TransformerSpec, get_spec
+from fastnst.losses import (
+    MOTION,
+    LossSpec,
+    as_saved,
+    content_targets,
+    perceptual_losses,
+    random_motion,
+    temporal_loss,
+    warp,
+)
+from fastnst.models.transformer import TransformerNet, get_spec
 from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
 from fastnst.styles import pick_styles, style_names
 from fastnst.train import distributed, rng
-from fastnst.train.config import DEFAULT_EPOCHS, RESUMABLE_CHANGES, TrainConfig
+from fastnst.train.config import DEFAULT_EPOCHS, TrainConfig
 from fastnst.train.data import EpochBatchSampler, PhotoDataset, find_images, make_loader, split_holdout, start_epoch
 from fastnst.train.monitor import LOSSES, Monitor, load_samples
+from fastnst.train.resume import check_resumable, resume_path, step_totals
 from fastnst.train.styles import StyleTargets, training_network
 
 log = logging.getLogger(__name__)
@@ -163,6 +174,7 @@ class TrainingRun:
         self.loader = make_loader(self.dataset, self.sampler, config.workers, pin_memory=self.device.type == "cuda")
         self.total_steps = config.steps or (config.epochs or DEFAULT_EPOCHS) * self.sampler.batches_per_epoch
         self.step_totals = [[0, self.total_steps]]
+        self.resume_changes: list = []  # [step, {option: value before}] for each resume that changed options
 
     def _networks(self) -> None:
         config, spec, device = self.config, self.config.loss, self.device
@@ -187,17 +199,19 @@ class TrainingRun:
             torch.backends.cudnn.benchmark = True
 
     def _resume(self) -> None:
-        path = _resume_path(self.config, self.ckpt_path)
+        path = resume_path(self.config, self.ckpt_path)
         if path is None:
             return
         state = load_training_state(path)
-        _check_resumable(state, self.config, path, self.model.spec)
+        changed = check_resumable(state, self.config, path, self.model.spec)
         for name in ("model", "optimizer", "scheduler", "scaler"):
             getattr(self, name).load_state_dict(state[name])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng.set_rng_state(state["rng"])
         self.seconds_before = float(state.get("train_seconds", 0.0))
-        self.step_totals = _step_totals(state, self.step, self.total_steps, self.sampler.batches_per_epoch)
+        self.step_totals = step_totals(state, self.step, self.total_steps, self.sampler.batches_per_epoch)
+        self.resume_changes = json.loads(state.get("resume_changes", "[]")) + ([[self.step, changed]] if changed
+                                                                                else [])
         if "init_record" in state:
             self.init_record = json.loads(state["init_record"])
         self.last_good = path
@@ -265,16 +279,21 @@ class TrainingRun:
         """
         weight = self.config.temporal_weight
         if not weight:
-            return self.run_model(content, style=style), content.new_zeros((), dtype=torch.float32)
+            return self._output(content, style), content.new_zeros((), dtype=torch.float32)
         batch = content.shape[0]
         draws = rng.generator((self.config.seed * 1_000_033 + self.rank) * 10_000_079 + self.step)
         theta = random_motion(batch, draws)
         noise = MOTION["noise"] * torch.randn(content.shape, generator=draws)
         moved = (warp(content, theta, padding="reflection")[0] + noise.to(content.device)).clamp(0, 1)
-        both = self.run_model(torch.cat([content, moved.to(content.dtype)]),
-                              style=None if style is None else torch.cat([style, style]))
+        both = self._output(torch.cat([content, moved.to(content.dtype)]),
+                            None if style is None else torch.cat([style, style]))
         stylized, stylized_moved = both[:batch], both[batch:]
         return stylized, weight * temporal_loss(stylized, stylized_moved, theta)
+
+    def _output(self, content: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
+        """The network's output as the losses see it: clamped as saved (``as_saved``) unless the run asks for raw."""
+        raw = self.run_model(content, style=style)
+        return raw if self.config.loss_on_raw_output else as_saved(raw)
 
     def periodic_checkpoint(self, step: int, metrics: dict[str, float]) -> None:
         """The checkpoint hook: every ``checkpoint_every`` steps (rank 0). A checkpoint that cannot be written
@@ -305,7 +324,7 @@ class TrainingRun:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng.rng_state(),
             "config": json.dumps(asdict(self.config), default=str), "spec": self.model.spec.to_dict(),
             "train_seconds": self.train_seconds(), "init_record": json.dumps(self.init_record),
-            "step_totals": json.dumps(self.step_totals),
+            "step_totals": json.dumps(self.step_totals), "resume_changes": json.dumps(self.resume_changes),
         })
 
     def train_seconds(self) -> float:
@@ -317,7 +336,7 @@ class TrainingRun:
         if self.main:
             self.checkpoint()
             record = {"held_out": [str(p) for p in self.sample_paths], "steps_done": self.step,
-                      "step_totals": self.step_totals,
+                      "step_totals": self.step_totals, "resume_changes": self.resume_changes,
                       "train_seconds": round(self.train_seconds(), 3), "final_losses": self.monitor.last_means or None,
                       "init_record": self.init_record,
                       "hardware": describe_device(self.device) + (f" x{self.world} processes" if self.world > 1
@@ -394,45 +413,3 @@ def _lr_factor(decay: str, total_steps: int) -> Callable[[int], float]:
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
     return factor
-
-
-def _resume_path(config: TrainConfig, ckpt_path: Path) -> Path | None:
-    if config.resume is None:
-        return None
-    if config.resume == "auto":
-        if ckpt_path.is_file():
-            return ckpt_path
-        log.info("--resume auto: no checkpoint at %s, starting from scratch", ckpt_path)
-        return None
-    return Path(config.resume)
-
-
-def _step_totals(state: dict, step: int, total_steps: int, batches_per_epoch: int) -> list[list[int]]:
-    """The learning-rate schedules a resumed run has followed: ``[step, total]`` pairs, a new one when the run is
-    resumed with another ``--steps``/``--epochs``. The decay then goes on from ``step``'s factor on the new total,
-    so a model extended this way is only reproduced by the same sequence of commands (its card lists them)."""
-    if "step_totals" in state:
-        totals = json.loads(state["step_totals"])
-    else:  # a checkpoint written before step totals were kept: its own config says the total it ran to
-        saved = json.loads(state.get("config", "{}"))
-        totals = [[0, saved.get("steps") or (saved.get("epochs") or DEFAULT_EPOCHS) * batches_per_epoch]]
-    return totals if totals[-1][1] == total_steps else [*totals, [step, total_steps]]
-
-
-def _check_resumable(state: dict, config: TrainConfig, path: Path, spec: TransformerSpec) -> None:
-    """Refuse a checkpoint of another network; warn about options that changed since it was written."""
-    missing = [k for k in ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "batch_in_epoch", "rng")
-               if k not in state]
-    if missing:
-        raise ModelFileError(path, f"a training checkpoint without {', '.join(missing)}; resume from the .ckpt.pt "
-                                   "file that fastnst train wrote, or start afresh without --resume")
-    if state.get("spec") != spec.to_dict():
-        raise ModelFileError(path, f"holds a network of spec {state.get('spec')}, this run trains {spec.to_dict()} "
-                                   f"(--spec {config.spec}, {spec.num_styles} style(s)); use the same --spec and "
-                                   "styles or another output")
-    saved = json.loads(state.get("config", "{}"))
-    now = json.loads(json.dumps(asdict(config), default=str))
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        log.warning("resuming %s with changed option(s) %s: the run will not match an uninterrupted one",
-                    path, ", ".join(changed))
