@@ -37,7 +37,14 @@ from fastnst.checkpoint import load_model, read_info, save_model
 from fastnst.convert import ConvertConfig, convert_model
 from fastnst.files import atomic_path
 from fastnst.images import encode_thumbnail
-from fastnst.train.config import TrainConfig, inherited_from, joint_part, model_style_images, training_stages
+from fastnst.train.config import (
+    TrainConfig,
+    inherited_from,
+    joint_part,
+    model_style_images,
+    option_flag,
+    training_stages,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,8 +162,8 @@ def joint_commands(joint: dict, own: dict, own_file: str, name: str) -> list[str
 def _extended(config: dict) -> str:
     """How a run resumed with more steps went on (its learning-rate decay restarted), or nothing."""
     totals, changes = _step_totals(config), config.get("resume_changes") or []
-    changed = "".join(f"; from step {at:,} with {', '.join('--' + k.replace('_', '-') for k in sorted(before))} "
-                      "changed" for at, before in changes)
+    changed = "".join(f"; from step {at:,} with {', '.join(map(option_flag, sorted(before)))} changed"
+                      for at, before in changes)
     if len(totals) == 1:
         return f" ({changed[2:]})" if changed else ""
     return (f" (asked for {totals[0][1]:,} steps, then resumed with " + ", then ".join(

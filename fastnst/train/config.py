@@ -186,10 +186,15 @@ def _differs(name: str, value, default, inherited: dict) -> bool:
                                   written != _option(name, inherited.get(name, default), str))
 
 
+def option_flag(name: str) -> str:
+    """The ``fastnst train`` flag of config field ``name`` (``style_names`` → ``--style-name``)."""
+    return "--" + {"style_names": "style-name", "style_weights": "style-weight", "vgg_flavour": "vgg-flavour"}.get(
+        name, name.replace("_", "-"))
+
+
 def _option(name: str, value, show: Callable[[str], str]) -> list[str]:
     """One config field as command-line words (``fastnst.cli.train``'s spelling of it)."""
-    flag = "--" + {"style_names": "style-name", "style_weights": "style-weight", "vgg_flavour": "vgg-flavour"}.get(
-        name, name.replace("_", "-"))
+    flag = option_flag(name)
     if isinstance(value, bool):
         return [flag] if value else []
     if name == "style_weights":
