@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from fastnst.checkpoint import load_model
+from fastnst.device import describe_device
 from fastnst.files import atomic_path
 from fastnst.images import load_style_image, resize_to, save_image, scaled_size
 from fastnst.losses import style_targets
@@ -72,13 +73,20 @@ def stylized(model, photo: torch.Tensor) -> torch.Tensor:
         return torch.round(model(photo).clamp(0, 1) * 255) / 255
 
 
+def synchronized(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def ratios(model, config: TrainConfig, vgg, args: argparse.Namespace) -> dict[str, float]:
     """Median style ratio per scale over the classic content photos."""
     spec = replace(config.loss, style_scales=RATIO_SCALES)
-    style = load_style_image(config.style[0], config.style_size or args.ratio_size)
+    style = load_style_image(config.style[0], config.style_size or args.ratio_size).to(args.device)
     per_scale: dict[float, list[float]] = {scale: [] for scale in RATIO_SCALES}
     for name in CLASSIC:
-        photo = load_style_image(CONTENT / f"{name}.jpg", args.ratio_size)
+        photo = load_style_image(CONTENT / f"{name}.jpg", args.ratio_size).to(args.device)
         for scale, value in style_ratios(vgg, stylized(model, photo), photo, style, spec).items():
             per_scale[scale].append(value)
     return {f"{scale:g}": statistics.median(values) for scale, values in per_scale.items()}
@@ -94,7 +102,8 @@ def optimization(path: str, config: TrainConfig, args: argparse.Namespace, out: 
     image = out / "lbfgs" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     result = optimize(OptimizeConfig(content=path, styles=(config.style[0],), output=str(image), loss=spec,
-                                     iterations=args.iterations, size=args.size, style_size=style_side, device="cpu"))
+                                     iterations=args.iterations, size=args.size, style_size=style_side,
+                                     device=str(args.device)))
     cache[key] = {"key": key, "image": image.name, "seconds": result.seconds,
                   "evaluations": sum(stage.get("evaluations", 0) for stage in result.stages)}
     with (out / "lbfgs.jsonl").open("a") as lines:
@@ -106,20 +115,21 @@ def against_optimization(model, config: TrainConfig, held_out: list[str], vgg, a
                          out: Path) -> list[dict]:
     """One row per held-out photo: model and optimization style losses and seconds."""
     spec = config.loss
-    grams = style_targets(vgg, [load_style_image(config.style[0], config.style_size or args.size)], spec)
+    style = load_style_image(config.style[0], config.style_size or args.size).to(args.device)
+    grams = style_targets(vgg, [style], spec)
     cache_path = out / "lbfgs.jsonl"
     cache = {row["key"]: row for row in map(json.loads, cache_path.read_text().splitlines())} \
         if cache_path.is_file() else {}
     rows = []
     for path in held_out[:args.photos]:
-        photo = load_style_image(path, args.size)
+        photo = load_style_image(path, args.size).to(args.device)
         reference = optimization(path, config, args, out, cache)
-        optimized = load_style_image(out / "lbfgs" / reference["image"], args.size)
+        optimized = load_style_image(out / "lbfgs" / reference["image"], args.size).to(args.device)
         with torch.no_grad():
             model(photo)  # warm-up: the first call at a size allocates
-            start = time.perf_counter()
+            start = synchronized(args.device)
             styled = stylized(model, photo)
-            seconds = time.perf_counter() - start
+            seconds = synchronized(args.device) - start
         ours, theirs = score_tensor(vgg, styled, photo, grams, spec), score_tensor(vgg, optimized, photo, grams, spec)
         rows.append({"photo": Path(path).name, "model_style": ours["style"], "lbfgs_style": theirs["style"],
                      "model_content": ours["content"], "lbfgs_content": theirs["content"], "model_seconds": seconds,
@@ -137,7 +147,8 @@ def contact_sheet(model, rows: list[dict], out: Path, path: Path, height: int = 
     cells = []
     for row in rows[:4]:
         photo = load_style_image(row["source"], height * 2)
-        images = [photo, stylized(model, photo), load_style_image(out / "lbfgs" / row["lbfgs_image"], height * 2)]
+        images = [photo, stylized(model, photo.to(next(model.parameters()).device)).cpu(),
+                  load_style_image(out / "lbfgs" / row["lbfgs_image"], height * 2)]
         cells.append([resize_to(Image.fromarray((i[0].permute(1, 2, 0) * 255).round().byte().numpy()),
                                 scaled_size(i.shape[-1], i.shape[-2], height)) for i in images])
     width = max(sum(c.width for c in row) for row in cells)
@@ -156,6 +167,13 @@ def summary(rows: list[dict]) -> dict:
     return {"photos": len(rows), "model_wins": sum(r["model_style"] <= r["lbfgs_style"] for r in rows), **median}
 
 
+def keep(results: dict, quality: Path) -> None:
+    """Merge ``results`` into ``quality`` (JSON, model name -> figures), replacing the file at once."""
+    old = json.loads(quality.read_text()) if quality.is_file() else {}
+    with atomic_path(quality) as tmp:
+        Path(tmp).write_text(json.dumps({**old, **results}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="single-style model files trained by fastnst train")
@@ -166,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratio-size", type=int, default=384, help="long side for the style ratios (default 384)")
     parser.add_argument("--ratios-only", action="store_true", help="skip the optimization half")
     parser.add_argument("--sheets", type=Path, help="write a contact sheet per model here (e.g. docs/styles)")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="where the models and optimizations run (default cpu; e.g. cuda)")
     args = parser.parse_args(argv)
     if not CONTENT.is_dir():
         print(f"eval_styles: the classic content photos are not at {CONTENT}", file=sys.stderr)
@@ -173,15 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for path in args.models:
-        model, info = load_model(path)
+        model, info = load_model(path, args.device)
         if model.spec.num_styles != 1 or not info.config.get("loss"):
             print(f"eval_styles: {path}: give a single-style model trained by fastnst train "
                   "(fastnst convert --select extracts one)", file=sys.stderr)
             return 1
         config = own_config(info.config)
-        vgg = load_loss_network(config.loss)
+        vgg = load_loss_network(config.loss, args.device)
         print(f"{path.stem}:", flush=True)
-        result = {"ratios": ratios(model, config, vgg, args), "ratio_size": args.ratio_size}
+        result = {"ratios": ratios(model, config, vgg, args), "ratio_size": args.ratio_size,
+                  "hardware": describe_device(args.device)}
         print("  style ratios " + " ".join(f"{k}: {v:.3f}" for k, v in result["ratios"].items()), flush=True)
         if not args.ratios_only:
             rows = against_optimization(model, config, list(info.config.get("held_out") or []), vgg, args, args.out)
@@ -189,10 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.sheets:
                 contact_sheet(model, rows, args.out, args.sheets / f"{path.stem}.jpg")
         results[path.stem] = result
+        keep(results, args.out / "quality.json")  # after each model: a stopped run keeps what it measured
     quality = args.out / "quality.json"
-    old = json.loads(quality.read_text()) if quality.is_file() else {}
-    with atomic_path(quality) as tmp:
-        Path(tmp).write_text(json.dumps({**old, **results}, indent=2))
     print(f"\nmodel{'':12} {'ratio 1':>8} {'ratio 1/2':>9} {'ratio 1/4':>9}  {'style/L-BFGS':>12} {'wins':>5} "
           f"{'time ratio':>10}")
     for name, q in results.items():

@@ -39,6 +39,12 @@ and ``OUT/all_styles.safetensors`` (``fastnst convert --merge``: the styles shar
 trunk, so they join into one conditional-instance-norm network). Then
 ``scripts/eval_styles.py`` and ``scripts/bundle_style.py`` make the cards.
 
+``--minutes M`` ends the whole run in about M minutes: stage 4 gets what stages 1-3 leave,
+its steps sized by a 30-step probe of the stage on the device (printed, for a resume);
+``--joint-from FILE`` skips stages 1-3 and trains stage 4 from an existing all-styles file
+(``checkpoints/all_styles.safetensors``: the bundled models trained on). ``scripts/device_bundled.sh``
+runs both side by side on a lent GPU and scores them (DEVELOPERS.md).
+
 Sized for a large GPU: at 1,200 + 300 + 150 steps of 4 (6,600 images a style, half of
 them whole 384-px photos) the five runs need ~45,000 image-steps of 256 px; at an
 H100-class GPU's ~60 images/s for each of five concurrent runs this is a few minutes.
@@ -47,6 +53,7 @@ H100-class GPU's ~60 images/s for each of five concurrent runs this is a few min
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,6 +72,7 @@ STAGES = (["--crop-size", "256", "--lr", "5e-3", "--seed", "42", "--style-scales
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "1,0.5,0.25"],
           ["--crop-size", "384", "--lr", "2e-3", "--seed", "43", "--style-scales", "0.5,0.25"])
 STAGE_STEPS = (1200, 300, 150)
+PROBE_STEPS, MIN_JOINT, FINISH_SECONDS = 30, 100, 20  # --minutes: the probe, the least worth a stage, the end
 JOINT = ["--crop-size", "384", "--lr", "1e-3", "--seed", "44", "--style-scales", "1,0.5,0.25", "--init-trains", "all"]
 
 
@@ -90,6 +98,28 @@ def train_command(init: Path, styles: list[str], output: Path, options: list[str
             "--log-every", "50", "--resume", "auto"]
 
 
+def sized_steps(start: Path, args: argparse.Namespace, log) -> int:
+    """Stage 4's steps to end by ``args.deadline``: a short probe run of the stage on this device gives its rate.
+
+    The probe's rate counts its first, slow steps (allocation, cuDNN's search), so
+    the estimate errs short; its start-up (imports, the VGG, the photo workers) is
+    taken off the time left as well. 0 when not even ``MIN_JOINT`` steps fit.
+    """
+    probe = args.out / "joint" / "probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    began = time.perf_counter()
+    command = train_command(start, args.only, probe / "probe.safetensors", [*JOINT, "--steps", str(PROBE_STEPS)], args)
+    if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+        return 0
+    config = read_info(probe / "probe.safetensors").config
+    shutil.rmtree(probe, ignore_errors=True)
+    rate, start_up = PROBE_STEPS / config["train_seconds"], time.perf_counter() - began - config["train_seconds"]
+    steps = int((args.deadline - time.perf_counter() - start_up - FINISH_SECONDS) * rate * 0.95)
+    print(f"joint stage: probe {rate:.1f} steps/s, {start_up:.0f} s start-up: sized to {max(steps, 0)} steps",
+          flush=True)
+    return steps if steps >= MIN_JOINT else 0
+
+
 def joint_stage(start: Path, args: argparse.Namespace) -> int:
     """Stage 4: every style and weight of ``start`` trained together, then one single-style file per style."""
     folder = args.out / "joint"
@@ -97,7 +127,12 @@ def joint_stage(start: Path, args: argparse.Namespace) -> int:
     output = folder / ("all_styles.safetensors" if len(args.only) > 1 else f"{args.only[0]}.safetensors")
     started = time.perf_counter()
     with (folder / "joint.log").open("a") as log:
-        if subprocess.run(train_command(start, args.only, output, [*JOINT, "--steps", str(args.joint_steps)], args),
+        steps = args.joint_steps or sized_steps(start, args, log)
+        if not steps:
+            print(f"joint stage: no time left for {MIN_JOINT} steps before the --minutes deadline; skipped",
+                  file=sys.stderr)
+            return 1
+        if subprocess.run(train_command(start, args.only, output, [*JOINT, "--steps", str(steps)], args),
                           stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             print(f"joint stage: failed, see {folder / 'joint.log'}", file=sys.stderr)
             return 1
@@ -140,9 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint-steps", type=int, default=0, metavar="N",
                         help="then N steps of stage 4, every style and weight together (default 0: none; "
                              "the bundled models had 2100)")
+    parser.add_argument("--minutes", type=float, metavar="M",
+                        help="end within about M minutes: stage 4 gets the time stages 1-3 leave, its steps "
+                             "sized by a 30-step probe (printed: give them as --joint-steps to resume a stopped run)")
+    parser.add_argument("--joint-from", type=Path, metavar="FILE",
+                        help="skip stages 1-3: stage 4 goes on from this all-styles file (e.g. "
+                             "checkpoints/all_styles.safetensors), which holds the --only styles in that order")
     args = parser.parse_args(argv)
-    (args.out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    args.deadline = start + 60 * args.minutes if args.minutes else None
+    if args.minutes and args.joint_steps:
+        parser.error("give --minutes or --joint-steps, not both")
+    if args.joint_from and not (args.minutes or args.joint_steps):
+        parser.error("--joint-from trains stage 4 alone: give its --joint-steps or --minutes")
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    if args.joint_from:
+        return joint_stage(args.joint_from, args)
     failed: list[str] = []
     threads = [threading.Thread(target=run_style, args=(style, args, failed)) for style in args.only]
     for style, thread in zip(args.only, threads):
@@ -169,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(singles) > 1:
         subprocess.run([sys.executable, "-m", "fastnst", "convert", "--merge", *map(str, singles),
                         "-o", str(merged)], check=True)
-    return joint_stage(merged if len(singles) > 1 else singles[0], args) if args.joint_steps else 0
+    return joint_stage(merged if len(singles) > 1 else singles[0], args) if args.joint_steps or args.minutes else 0
 
 
 if __name__ == "__main__":

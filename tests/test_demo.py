@@ -4,6 +4,7 @@ bundle_style.py), with tiny models; and the bundled models in checkpoints/ thems
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from fastnst.models.transformer import SPECS, TransformerNet, select_styles
 from fastnst.train import TrainConfig, fit
 from fastnst.train.config import model_style_images, training_stages
 
-from conftest import REPO, gradient_image, psnr
+from conftest import REPO, gradient_image, psnr, requires_shared
 
 sys.path.insert(0, str(REPO / "scripts"))
 import bundle_style  # noqa: E402
@@ -392,3 +393,66 @@ def test_bundled_model_is_small_documented_and_really_stylizes(path):
     # Not a faint tint: the output departs from the photo by a large margin, and not uniformly.
     difference = (y.clamp(0, 1) - x).abs()
     assert difference.mean() > 0.08 and difference.std() > 0.03
+
+
+def test_train_bundled_minutes_sizes_stage_4_by_a_probe_and_joint_from_skips_stages_1_to_3(tmp_path, vgg_file,
+                                                                                          monkeypatch, capsys):
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    photos = training_inputs(styles, {"wave": 101}, suffix=".jpg")
+    vgg = vgg_file("vgg19", "relu3_1")
+    start = fit(TrainConfig(style=(str(styles / "wave.jpg"),), data=str(photos), spec="light",
+                            output=str(tmp_path / "wave.safetensors"),
+                            loss=LossSpec(vgg="vgg19", vgg_weights=str(vgg), vgg_flavour="caffe"),
+                            image_size=32, batch_size=2, steps=1, workers=0, holdout=0, checkpoint_every=0))
+    argv = ["--photos", str(photos), "--styles", str(styles), "--vgg-weights", str(vgg), "--trunk", "unused",
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--amp", "none", "--workers", "0", "--only", "wave",
+            "--joint-from", str(start)]
+    with pytest.raises(SystemExit):
+        train_bundled.main(argv)  # --joint-from needs the stage's length: steps or minutes
+    capsys.readouterr()
+    monkeypatch.setattr(train_bundled, "PROBE_STEPS", 1)
+    monkeypatch.setattr(train_bundled, "MIN_JOINT", 1)
+    monkeypatch.setattr(train_bundled, "FINISH_SECONDS", 0)
+    assert train_bundled.main([*argv, "--minutes", "0.4"]) == 0
+    printed = capsys.readouterr().out
+    sized = int(re.search(r"sized to (\d+) steps", printed).group(1))
+    record = read_info(tmp_path / "out" / "joint" / "wave.safetensors").config
+    assert record["steps_done"] == sized >= 1 and record["init"] == str(start) and record["init_trains"] == "all"
+    assert not list((tmp_path / "out" / "runs").iterdir()), "stages 1-3 are skipped"
+    assert not (tmp_path / "out" / "joint" / "probe").exists(), "the probe run is removed"
+    monkeypatch.setattr(train_bundled, "MIN_JOINT", 10**9)
+    (tmp_path / "out" / "joint" / "wave.safetensors").unlink()
+    assert train_bundled.main([*argv, "--minutes", "0.01"]) == 1  # no time left: said, and nothing trained
+    assert "no time left" in capsys.readouterr().err
+
+
+@requires_shared
+def test_eval_styles_keeps_each_model_s_figures_and_optimizes_each_photo_once(tmp_path, vgg_file, capsys):
+    photos = training_inputs(tmp_path, {"wave": 101})
+    loss = LossSpec(vgg="vgg19", vgg_weights=str(vgg_file("vgg19", "relu3_1")), vgg_flavour="caffe",
+                    style_weight=1e3)
+    model = fit(TrainConfig(style=(str(tmp_path / "wave.png"),), data=str(photos), spec="light", loss=loss,
+                            output=str(tmp_path / "wave.safetensors"), image_size=32, batch_size=2, steps=1,
+                            workers=0, holdout=1, checkpoint_every=0, sample_every=0))
+    two_styles = tmp_path / "two.safetensors"
+    save_model(two_styles, TransformerNet(SPECS["light"].with_styles(2)), styles=["a", "b"])
+    out = tmp_path / "eval"
+    argv = ["--out", str(out), "--photos", "1", "--iterations", "3", "--size", "48", "--ratio-size", "48",
+            "--device", "cpu", "--sheets", str(tmp_path / "sheets")]
+    # The second file is refused, but the first one's figures are already kept.
+    assert eval_styles.main([str(model), str(two_styles), *argv]) == 1
+    quality = json.loads((out / "quality.json").read_text())["wave"]
+    assert quality["photos"] == 1 and set(quality["ratios"]) == {"1", "0.5", "0.25"}
+    assert quality["model_wins"] == int(quality["model_style"] <= quality["lbfgs_style"])
+    assert (tmp_path / "sheets" / "wave.jpg").is_file()
+    # The optimization lowers the style loss below the photo's own (its first evaluation).
+    history = json.loads(next((out / "lbfgs").glob("*.json")).read_text())
+    evaluations = [entry for entry in history["history"] if "style" in entry]
+    assert evaluations[-1]["style"] < evaluations[0]["style"]
+    image = next((out / "lbfgs").glob("*.png"))
+    stamp = image.stat().st_mtime_ns
+    capsys.readouterr()
+    assert eval_styles.main([str(model), *argv]) == 0  # a rerun scores against the kept optimization
+    assert len((out / "lbfgs.jsonl").read_text().splitlines()) == 1 and image.stat().st_mtime_ns == stamp
+    assert json.loads((out / "quality.json").read_text())["wave"]["lbfgs_style"] == quality["lbfgs_style"]

@@ -282,7 +282,7 @@ class TrainingRun:
             return self._output(content, style), content.new_zeros((), dtype=torch.float32)
         batch = content.shape[0]
         draws = rng.generator((self.config.seed * 1_000_033 + self.rank) * 10_000_079 + self.step)
-        theta = random_motion(batch, draws)
+        theta = random_motion(batch, draws).to(content.device)
         noise = MOTION["noise"] * torch.randn(content.shape, generator=draws)
         moved = (warp(content, theta, padding="reflection")[0] + noise.to(content.device)).clamp(0, 1)
         both = self._output(torch.cat([content, moved.to(content.dtype)]),
