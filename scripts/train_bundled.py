@@ -98,26 +98,43 @@ def train_command(init: Path, styles: list[str], output: Path, options: list[str
             "--log-every", "50", "--resume", "auto"]
 
 
-def sized_steps(start: Path, args: argparse.Namespace, log) -> int:
-    """Stage 4's steps to end by ``args.deadline``: a short probe run of the stage on this device gives its rate.
-
-    The probe's rate counts its first, slow steps (allocation, cuDNN's search), so
-    the estimate errs short; its start-up (imports, the VGG, the photo workers) is
-    taken off the time left as well. 0 when not even ``MIN_JOINT`` steps fit.
-    """
-    probe = args.out / "joint" / "probe"
-    shutil.rmtree(probe, ignore_errors=True)
+def probe(start: Path, args: argparse.Namespace, log) -> tuple[float, float] | None:
+    """(steps/s, start-up seconds) of stage 4 on this device, from a ``PROBE_STEPS`` run (removed after); None
+    if it failed. The rate counts the first, slow steps (allocation, cuDNN's search), so it errs low."""
+    folder = args.out / "joint" / "probe"
+    shutil.rmtree(folder, ignore_errors=True)
     began = time.perf_counter()
-    command = train_command(start, args.only, probe / "probe.safetensors", [*JOINT, "--steps", str(PROBE_STEPS)], args)
+    command = train_command(start, args.only, folder / "probe.safetensors", [*JOINT, "--steps", str(PROBE_STEPS)],
+                            args)
     if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-        return 0
-    config = read_info(probe / "probe.safetensors").config
-    shutil.rmtree(probe, ignore_errors=True)
-    rate, start_up = PROBE_STEPS / config["train_seconds"], time.perf_counter() - began - config["train_seconds"]
-    steps = int((args.deadline - time.perf_counter() - start_up - FINISH_SECONDS) * rate * 0.95)
-    print(f"joint stage: probe {rate:.1f} steps/s, {start_up:.0f} s start-up: sized to {max(steps, 0)} steps",
-          flush=True)
+        return None
+    seconds = read_info(folder / "probe.safetensors").config["train_seconds"]
+    shutil.rmtree(folder, ignore_errors=True)
+    return PROBE_STEPS / seconds, time.perf_counter() - began - seconds
+
+
+def affordable_steps(seconds_left: float, rate: float, start_up: float) -> int:
+    """Stage-4 steps that end within ``seconds_left`` at ``rate`` steps/s after ``start_up`` (imports, the VGG,
+    the photo workers) and ``FINISH_SECONDS`` (writing, selecting), with 5% to spare; 0 below ``MIN_JOINT``."""
+    steps = int((seconds_left - start_up - FINISH_SECONDS) * rate * 0.95)
     return steps if steps >= MIN_JOINT else 0
+
+
+def joint_steps(start: Path, args: argparse.Namespace, log) -> int:
+    """``--joint-steps``, or with ``--minutes`` the steps the probe says fit before the deadline (0: none, said)."""
+    if args.joint_steps:
+        return args.joint_steps
+    measured = probe(start, args, log)
+    if measured is None:
+        print(f"joint stage: the probe run failed, see {log.name}", file=sys.stderr)
+        return 0
+    steps = affordable_steps(args.deadline - time.perf_counter(), *measured)
+    print(f"joint stage: probe {measured[0]:.3g} steps/s, {measured[1]:.0f} s start-up: sized to {steps} steps",
+          flush=True)
+    if not steps:
+        print(f"joint stage: no time left for {MIN_JOINT} steps before the --minutes deadline; skipped",
+              file=sys.stderr)
+    return steps
 
 
 def joint_stage(start: Path, args: argparse.Namespace) -> int:
@@ -127,10 +144,8 @@ def joint_stage(start: Path, args: argparse.Namespace) -> int:
     output = folder / ("all_styles.safetensors" if len(args.only) > 1 else f"{args.only[0]}.safetensors")
     started = time.perf_counter()
     with (folder / "joint.log").open("a") as log:
-        steps = args.joint_steps or sized_steps(start, args, log)
+        steps = joint_steps(start, args, log)
         if not steps:
-            print(f"joint stage: no time left for {MIN_JOINT} steps before the --minutes deadline; skipped",
-                  file=sys.stderr)
             return 1
         if subprocess.run(train_command(start, args.only, output, [*JOINT, "--steps", str(steps)], args),
                           stdout=log, stderr=subprocess.STDOUT).returncode != 0:

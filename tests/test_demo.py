@@ -4,7 +4,6 @@ bundle_style.py), with tiny models; and the bundled models in checkpoints/ thems
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -412,19 +411,31 @@ def test_train_bundled_minutes_sizes_stage_4_by_a_probe_and_joint_from_skips_sta
         train_bundled.main(argv)  # --joint-from needs the stage's length: steps or minutes
     capsys.readouterr()
     monkeypatch.setattr(train_bundled, "PROBE_STEPS", 1)
-    monkeypatch.setattr(train_bundled, "MIN_JOINT", 1)
-    monkeypatch.setattr(train_bundled, "FINISH_SECONDS", 0)
-    assert train_bundled.main([*argv, "--minutes", "0.4"]) == 0
-    printed = capsys.readouterr().out
-    sized = int(re.search(r"sized to (\d+) steps", printed).group(1))
+    asked = []  # the probe is real; what fits in the time left is the next function's (tested below)
+    monkeypatch.setattr(train_bundled, "affordable_steps", lambda *measured: asked.append(measured) or 2)
+    assert train_bundled.main([*argv, "--minutes", "30"]) == 0
+    (seconds_left, rate, start_up), = asked
+    assert 0 < seconds_left <= 30 * 60 and rate > 0 and start_up >= 0
+    assert "sized to 2 steps" in capsys.readouterr().out
     record = read_info(tmp_path / "out" / "joint" / "wave.safetensors").config
-    assert record["steps_done"] == sized >= 1 and record["init"] == str(start) and record["init_trains"] == "all"
+    assert (record["steps_done"], record["init"], record["init_trains"]) == (2, str(start), "all")
     assert not list((tmp_path / "out" / "runs").iterdir()), "stages 1-3 are skipped"
     assert not (tmp_path / "out" / "joint" / "probe").exists(), "the probe run is removed"
-    monkeypatch.setattr(train_bundled, "MIN_JOINT", 10**9)
+    monkeypatch.setattr(train_bundled, "affordable_steps", lambda *measured: 0)
     (tmp_path / "out" / "joint" / "wave.safetensors").unlink()
-    assert train_bundled.main([*argv, "--minutes", "0.01"]) == 1  # no time left: said, and nothing trained
+    assert train_bundled.main([*argv, "--minutes", "30"]) == 1  # no time left: said, and nothing trained
     assert "no time left" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "joint" / "wave.safetensors").exists()
+
+
+def test_train_bundled_sizes_stage_4_to_the_time_left():
+    minimum, finish = train_bundled.MIN_JOINT, train_bundled.FINISH_SECONDS
+    # 10 minutes at 2 steps/s after a 20 s start-up: (600 - 20 - finish) s of steps, 5% kept in hand.
+    assert train_bundled.affordable_steps(600, 2.0, 20) == int((600 - 20 - finish) * 2.0 * 0.95)
+    seconds = finish + 5 + minimum / 0.95  # just enough at 1 step/s for the least worth a stage
+    assert train_bundled.affordable_steps(seconds + 1, 1.0, 5) >= minimum
+    assert train_bundled.affordable_steps(seconds - 2, 1.0, 5) == 0
+    assert train_bundled.affordable_steps(10, 100.0, 30) == 0  # the start-up alone overruns
 
 
 @requires_shared
