@@ -43,7 +43,9 @@ mkdir -p /work && { [ -e /work/shared ] || ln -s "$PWD/.gpu/shared" /work/shared
 S=/work/shared/data
 R=${R:-/tmp/gpu}
 mkdir -p "$R/eval/sheets" "$R/models"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
+# The photo workers hand batches over in /dev/shm; a small one (a container's 64 MB) would stop them.
+[ "$(df --output=size -k /dev/shm | tail -n 1)" -lt 4000000 ] && mount -o remount,size=8G /dev/shm 2>/dev/null
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; df -h /dev/shm;
   python3 -c "import torch, sys; print(torch.__version__, sys.version)"; } > "$R/env.txt" 2>&1
 ( while sleep 15; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) \
     > "$R/smi.log" 2>&1 &
