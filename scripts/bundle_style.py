@@ -122,41 +122,45 @@ def as_run(config: dict, step: int) -> dict:
     return record
 
 
-# The files of a joint stage's commands: its --init (every style's file before it, merged) and its output.
-JOINT_START, JOINT_OUTPUT = "joint-start.safetensors", "joint.safetensors"
+def joint_files(number: int) -> tuple[str, str]:
+    """The files of the ``number``-th (from 1) joint stage's commands: its --init (every style's file before it,
+    merged) and its output: ``joint-start.safetensors`` and ``joint.safetensors``, then ``joint2-...``."""
+    stem = "joint" if number == 1 else f"joint{number}"
+    return f"{stem}-start.safetensors", f"{stem}.safetensors"
 
 
 def commands(chain: list[dict], name: str) -> list[str]:
     """Every command that makes ``<name>.safetensors`` again, from the trunk through each stage of ``chain``
-    (``training_stages``); a chain ending in a joint stage ends with its commands (``joint_commands``)."""
-    joint = _joint(chain)
-    own = chain[:-1] if joint else chain
-    outputs = stage_names(name, len(own) + bool(joint))[:len(own)]  # a joint stage writes <name>.safetensors
+    (``training_stages``); a joint stage's are its merge, run and select (``joint_commands``)."""
+    outputs = stage_names(name, len(chain))
     root = chain[0].get("init")
-    return [*([TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []),
-            *(line for i, (stage, out) in enumerate(zip(own, outputs))
-              for line in stage_commands(stage, out, outputs[i - 1] if i else None)),
-            *(joint_commands(joint, own[-1], outputs[-1], name) if joint else [])]
+    lines = [TRUNK_COMMAND] if root and Path(root).name == "rain_princess.safetensors" else []
+    for i, stage in enumerate(chain):
+        if i and joint_part(stage) is not None:
+            lines += joint_commands(stage, chain[i - 1], outputs[i - 1], outputs[i], _joint_number(chain, i))
+        else:
+            lines += stage_commands(stage, outputs[i], outputs[i - 1] if i else None)
+    return lines
 
 
-def _joint(chain: list[dict]) -> dict | None:
-    """The last stage when it trained several styles together and this style was taken out of it, else None."""
-    return chain[-1] if len(chain) > 1 and joint_part(chain[-1]) is not None else None
+def _joint_number(chain: list[dict], index: int) -> int:
+    """Which joint stage (from 1) of ``chain`` its stage ``index`` is."""
+    return sum(joint_part(stage) is not None for stage in chain[1:index + 1])
 
 
-def joint_commands(joint: dict, own: dict, own_file: str, name: str) -> list[str]:
+def joint_commands(joint: dict, own: dict, own_file: str, output: str, number: int = 1) -> list[str]:
     """A joint stage's commands: merge every style's file before it (this style's, ``own``, is ``own_file``; the
-    others' by the commands of their cards), train them together, take this style out."""
-    before = joint["init_record"]
-    files = [own_file if part is own else stage_file(Path(part["style"][0]).stem, len(training_stages(part)))
-             for part in before["parts"]]
+    others' by the commands of their cards), train them together, take this style out into ``output``."""
+    before, (start, trained) = joint["init_record"], joint_files(number)
+    files = [own_file if part is own else stage_file(Path(model_style_images(part)[0]).stem,
+                                                     len(training_stages(part))) for part in before["parts"]]
     # The bundled all-styles file is always fp16 (bundle_style --merge); merges from before convert recorded
     # "half" were that file.
     half = " --half" if before.get("half", True) else ""
     return [f"# {', '.join(f for f in files if f != own_file)}: by the first commands of their cards",
-            f"fastnst convert --merge {' '.join(files)}{half} -o {JOINT_START}",
-            *stage_commands(joint, JOINT_OUTPUT, JOINT_START),
-            f"fastnst convert {JOINT_OUTPUT} --select {joint['selected_styles'][0]} -o {name}.safetensors"]
+            f"fastnst convert --merge {' '.join(files)}{half} -o {start}",
+            *stage_commands(joint, trained, start),
+            f"fastnst convert {trained} --select {joint['selected_styles'][0]} -o {output}"]
 
 
 def _extended(config: dict) -> str:
@@ -281,18 +285,20 @@ def steps_lines(chain: list[dict]) -> list[str]:
     lines = [f"- Steps: {steps:,} ({images:,} images) in {len(chain)} stages, each starting from the rows the "
              "stage before trained (the commands below):"]
     weights_differ = _agreed(chain, _weight) is None
-    return lines + [f"  {i + 1}. {_stage_line(stage, weights_differ)}." for i, stage in enumerate(chain)]
+    return lines + [f"  {i + 1}. {_stage_line(stage, weights_differ, _joint_number(chain, i))}."
+                    for i, stage in enumerate(chain)]
 
 
-def _stage_line(stage: dict, with_weight: bool) -> str:
+def _stage_line(stage: dict, with_weight: bool, joint_number: int) -> str:
     """One stage of the card's steps: what it trained on, how, and (when it did) every weight."""
     return "".join([
         f"{stage['steps_done']:,} steps{_extended(stage)} on photos {_cropping(stage)}, lr {stage['lr']:g} "
         f"({_schedule(stage)}), seed {stage['seed']}, style loss at {_scales(stage)}",
         f", style weight {_weight(stage)}" if with_weight else "",
         ", every weight training (--init-trains all)" if stage.get("init_trains") == "all" else "",
-        f", all {len(stage['style'])} styles of `{JOINT_START}` together (each photo scored against one of them at "
-        "random; the stage's time is theirs together)" if joint_part(stage) is not None else ""])
+        f", all {len(stage['style'])} styles of `{joint_files(joint_number)[0]}` together (each photo scored "
+        "against one of them at random; the stage's time is theirs together)" if joint_part(stage) is not None
+        else ""])
 
 
 def quality_lines(quality: dict) -> list[str]:
@@ -372,10 +378,15 @@ def merged_card(name: str, styles: tuple[str, ...], parts: list[dict], size_mb: 
 def _joint_time(chains: list[list[dict]]) -> list[str]:
     """A note under the merged card's table when the styles trained together in a last stage: its time is in
     every row."""
-    joints = {(chain[-1]["steps_done"], chain[-1].get("train_seconds") or 0) for chain in chains if _joint(chain)}
-    return ["", "The last stage trained " + " and ".join(
-        f"{steps:,} steps of these styles together ({seconds / 3600:.2f} h)" for steps, seconds in sorted(joints)) +
-        ": its time is counted in each row."] if joints else []
+    joints = {(_joint_number(chain, i), stage["steps_done"], stage.get("train_seconds") or 0)
+              for chain in chains for i, stage in enumerate(chain) if i and joint_part(stage) is not None}
+    if not joints:
+        return []
+    together = " and ".join(f"{steps:,} steps of these styles together ({seconds / 3600:.2f} h)"
+                            for _, steps, seconds in sorted(joints))
+    if len(joints) == 1:
+        return ["", f"The last stage trained {together}: its time is counted in each row."]
+    return ["", f"The joint stages trained, one after the other, {together}: their time is counted in each row."]
 
 
 def _tuned(chains: list[list[dict]]) -> str:

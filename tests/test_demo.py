@@ -278,6 +278,48 @@ def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_
         again, bundled = load_model(rerun / f"{name}.safetensors")[0], load_model(out / f"{name}.safetensors")[0]
         for key, value in bundled.state_dict().items():
             torch.testing.assert_close(again.state_dict()[key].half().float(), value, rtol=0, atol=0, msg=key)
+    # A second joint stage from the bundled all-styles file (train_bundled.py --joint-from): the card goes back
+    # through the first one, numbers the second's files, and its commands make the network again.
+    joint2 = fit(TrainConfig(**common, style=style("wave") + style("starry_night"), steps=1, seed=8,
+                             output=str(runs / "j2.safetensors"), init=str(out / "all_styles.safetensors"),
+                             init_trains="all"))
+    assert main(["convert", str(joint2), "--select", "wave", "-o", str(runs / "again" / "wave.safetensors")]) == 0
+    assert bundle_style.main([str(runs / "again" / "wave.safetensors"), "--out", str(tmp_path / "second")]) == 0
+    card = (tmp_path / "second" / "wave.md").read_text()
+    assert "Steps: 6 (12 images) in 4 stages" in card and "fine-tuned in stage 3, 4 from" in card
+    assert "4. 1 steps on photos centre-cropped, lr 0.001 (constant), seed 8, style loss at scales 1, every weight " \
+        "training (--init-trains all), all 2 styles of `joint2-start.safetensors` together" in card
+    again_lines = card.split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert again_lines[:len(lines)] == [*lines[:-1], "fastnst convert joint.safetensors --select wave -o "
+                                        "wave-stage3.safetensors"]
+    assert again_lines[len(lines):len(lines) + 2] == [
+        "# starry_night-stage2.safetensors: by the first commands of their cards",
+        "fastnst convert --merge wave-stage3.safetensors starry_night-stage2.safetensors --half -o "
+        "joint2-start.safetensors"]
+    assert "--init joint2-start.safetensors --init-trains all" in again_lines[-2] and \
+        "-o joint2.safetensors" in again_lines[-2]
+    assert again_lines[-1] == "fastnst convert joint2.safetensors --select wave -o wave.safetensors"
+    rerun2 = tmp_path / "rerun2"
+    rerun2.mkdir()
+    shutil.copy(trunk, rerun2 / "trunk.safetensors")
+    monkeypatch.chdir(rerun2)
+    starry_select = "fastnst convert joint.safetensors --select starry_night -o starry_night-stage2.safetensors"
+    for command in [starry_lines[0], *(line for line in again_lines if line.startswith("fastnst"))]:
+        argv = shlex.split(command)[1:]
+        assert main(argv + (["--workers", "0"] if argv[0] == "train" else [])) == 0, command
+        if command.endswith("-o wave-stage3.safetensors"):  # starry_night's file by its own card's line
+            assert main(shlex.split(starry_select)[1:]) == 0
+    again, bundled = load_model(rerun2 / "wave.safetensors")[0], load_model(tmp_path / "second" / "wave.safetensors")[0]
+    for key, value in bundled.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key].half().float(), value, rtol=0, atol=0, msg=key)
+    second = tmp_path / "second"
+    assert main(["convert", str(joint2), "--select", "starry_night", "-o", str(runs / "again" / "s.safetensors")]) == 0
+    assert bundle_style.main([str(runs / "again" / "s.safetensors"), "--out", str(second)]) == 0
+    assert bundle_style.main(["--merge", str(second / "wave.safetensors"), str(second / "starry_night.safetensors"),
+                              "--out", str(second)]) == 0
+    merged = (second / "all_styles.md").read_text()
+    assert "The joint stages trained, one after the other, 2 steps of these styles together (0.00 h) and 1 steps " \
+        "of these styles together (0.00 h): their time is counted in each row." in merged
 
 
 def test_train_bundled_runs_the_recipe_s_stages_in_turn_and_keeps_finished_ones(tmp_path, vgg_file):

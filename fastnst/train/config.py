@@ -228,13 +228,14 @@ def training_stages(record: dict) -> list[dict]:
 
 def joint_part(record: dict) -> dict | None:
     """For one style selected from a run of several (``selected_styles``) whose ``--init`` was a merged file
-    (``parts``): the part trained on that style's image, i.e. the style before the joint run; else None."""
+    (``parts``): the part holding that style's image, i.e. the style before the joint run (itself taken out of
+    an earlier joint run when the merged file was the bundled all-styles one); else None."""
     before, images = record.get("init_record"), model_style_images(record)
     if not record.get("selected_styles") or len(images) != 1 or not isinstance(before, dict) or \
             not isinstance(before.get("parts"), list):
         return None
     return next((part for part in before["parts"] if isinstance(part, dict) and part.get("steps_done") is not None
-                 and [Path(p).name for p in part.get("style", ())] == [Path(images[0]).name]), None)
+                 and [Path(p).name for p in model_style_images(part)] == [Path(images[0]).name]), None)
 
 
 def model_style_images(record: dict) -> list[str]:
