@@ -407,13 +407,21 @@ def bundle_merged(paths: list[Path], args: argparse.Namespace) -> int:
     path = convert_model(ConvertConfig(source=None, output=str(args.out / f"{name}.safetensors"),
                                        merge=tuple(str(p) for p in paths), half=True))
     info = read_info(path)
-    quality = json.loads(args.quality.read_text()) if args.quality else {}
+    quality = _quality(args)
     card_path = args.out / f"{name}.md"
     with atomic_path(card_path) as tmp:
         Path(tmp).write_text(merged_card(name, info.styles, info.config["parts"], path.stat().st_size / 1e6,
                                          quality))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, styles {', '.join(info.styles)}) and {card_path}")
     return 0
+
+
+def _quality(args: argparse.Namespace) -> dict:
+    """``--quality``'s figures by model name (those under ``--quality-prefix``, the prefix taken off)."""
+    if not args.quality:
+        return {}
+    figures, prefix = json.loads(args.quality.read_text()), args.quality_prefix
+    return {key[len(prefix):]: value for key, value in figures.items() if key.startswith(prefix)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="bundled name (default: the style image's file stem; all_styles with --merge)")
     parser.add_argument("--out", type=Path, default=REPO / "checkpoints", help="folder (default checkpoints/)")
     parser.add_argument("--quality", type=Path, help="quality.json written by scripts/eval_styles.py")
+    parser.add_argument("--quality-prefix", default="", metavar="P",
+                        help="the model's entry there is P<name> (scripts/device_bundled.sh scores files named "
+                             "cont-<style>, fresh-<style> and old-<style>)")
     parser.add_argument("--remark", help="a line for the card's training section (e.g. what else ran beside it)")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.merge is None):
@@ -441,9 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     thumbnails = info.thumbnails or tuple(encode_thumbnail(path) for path in images)
     path = save_model(args.out / f"{name}.safetensors", model, styles=info.styles, config=config, half=True,
                       thumbnails=thumbnails)
-    quality = None
-    if args.quality:
-        quality = json.loads(args.quality.read_text()).get(name)
+    quality = _quality(args).get(name)
     card_path = args.out / f"{name}.md"
     with atomic_path(card_path) as tmp:
         Path(tmp).write_text(card(name, config, info.styles, path.stat().st_size / 1e6, quality, args.remark))

@@ -71,6 +71,8 @@ for s in starry_night wave the_scream composition_vii the_shipwreck_of_the_minot
 done
 wait $EVALS
 echo "eval done at $(( $(date +%s) - T0 )) s" >> "$R/env.txt"
+python3 -c "import json, pathlib, sys; print(json.dumps({k: v for f in sorted(pathlib.Path(sys.argv[1]).glob('*/quality.json'))
+    for k, v in json.loads(f.read_text()).items()}, indent=2))" "$R/eval" > "$R/eval/quality.json"
 kill $SMI
 for run in fresh cont; do cp "$R/$run/joint/all_styles.safetensors" "$OUT/${run}_all_styles.safetensors"; done
 tar czf "$OUT/results.tgz" -C "$R" --exclude='*.safetensors' --exclude='*.pt' --exclude=lbfgs --exclude=probe \

@@ -370,9 +370,11 @@ def test_bundling_the_all_styles_file_joins_styles_trained_on_one_trunk(tmp_path
     second = fit(TrainConfig(style=(str(tmp_path / "wave.png"),), output=str(runs / "wave.safetensors"), loss=loss,
                              steps=2, init=str(first), **common))  # its norm rows on the first one's trunk
     quality = tmp_path / "quality.json"
-    quality.write_text(json.dumps({"starry_night": {"ratios": {"1": 0.05, "0.5": 0.06, "0.25": 0.2}}}))
+    quality.write_text(json.dumps({"cont-starry_night": {"ratios": {"1": 0.05, "0.5": 0.06, "0.25": 0.2}},
+                                   "starry_night": {"ratios": {"1": 0.5, "0.5": 0.6, "0.25": 0.7}}}))
     out = tmp_path / "checkpoints"
-    assert bundle_style.main(["--merge", str(first), str(second), "--out", str(out), "--quality", str(quality)]) == 0
+    assert bundle_style.main(["--merge", str(first), str(second), "--out", str(out), "--quality", str(quality),
+                              "--quality-prefix", "cont-"]) == 0  # eval_styles' names for device_bundled.sh's files
     merged, info = load_model(out / "all_styles.safetensors")
     assert info.styles == ("starry_night", "wave") and [part["steps_done"] for part in info.config["parts"]] == [3, 2]
     assert info.thumbnails == tuple(encode_thumbnail(tmp_path / f"{n}.png") for n in info.styles)
