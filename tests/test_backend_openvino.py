@@ -204,10 +204,18 @@ def test_auto_picks_as_stated(light, monkeypatch):
     assert choose_backend(light["model"])[0] == "torch" and choose_backend(light["onnx"])[0] == "onnxruntime"
 
 
-def test_default_dtype_is_bf16_wherever_openvino_runs_it_natively(monkeypatch):
-    for caps, expected in [({"FP32", "BF16"}, "bf16"), ({"FP32"}, "fp32")]:  # with AMX or not alike
+def test_default_dtype_is_bf16_where_openvino_runs_it_natively_and_faster(monkeypatch):
+    # (OpenVINO's capabilities, /proc/cpuinfo's flags and vendor, the default): measured on each kind of CPU.
+    cases = [({"FP32", "BF16"}, "avx512f avx512_bf16 amx_bf16 amx_tile", "GenuineIntel", "bf16"),  # AMX
+             ({"FP32", "BF16"}, "avx512f avx512_bf16", "AuthenticAMD", "bf16"),  # AMD EPYC (Zen 4)
+             ({"FP32", "BF16"}, "avx512f avx512_bf16", "GenuineIntel", "fp32"),  # bf16 0.6x fp32 there
+             ({"FP32"}, "avx2 fma", "GenuineIntel", "fp32"),
+             ({"FP32", "BF16"}, None, None, "bf16")]  # no /proc/cpuinfo: OpenVINO's word alone
+    for caps, flags, vendor, expected in cases:
         monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda caps=caps: frozenset(caps))
-        assert ov_backend.default_dtype() == expected
+        monkeypatch.setattr(ov_backend, "cpuinfo", lambda field, info={"flags": flags, "vendor_id": vendor}:
+                            info.get(field))
+        assert ov_backend.default_dtype() == expected, (caps, flags, vendor)
 
 
 def test_info_backends_lists_runtimes_and_the_auto_pick(capsys):

@@ -14,10 +14,12 @@ The rule for the default: *the fastest precision whose output is visually
 lossless* — at every size from 256² to 4K, ≥ 40 dB PSNR against fp32 and a
 smaller error than saving the fp32 result as JPEG at quality 95 already adds
 (≈31 dB on stylized photos) — on every CPU where that was measured. That is
-bf16 wherever OpenVINO runs it natively (``BF16`` in the CPU's
-``OPTIMIZATION_CAPABILITIES``: AMX and AVX512-BF16 CPUs, both measured), fp32
-elsewhere (``scripts/bench_stylize.py --only backends``; tests check the rule
-on real weights at 481×321 and 1080p).
+bf16 where OpenVINO runs it natively (``BF16`` in the CPU's
+``OPTIMIZATION_CAPABILITIES``) on AMX and on AMD's AVX512-BF16 (both measured
+faster than fp32), fp32 elsewhere: on plain AVX2, and on an Intel Xeon with
+AVX512-BF16 but no AMX, where OpenVINO's bf16 ran 0.58–0.62× its fp32
+(``scripts/bench_stylize.py --only backends``; tests check the rule's quality
+half on real weights at 481×321 and 1080p).
 
 Where bf16's error came from, and the fix: nearly all of it is the first
 convolution. bfloat16 keeps 8 significant bits, so a 0–1 pixel value is
@@ -55,7 +57,7 @@ import numpy as np
 from fastnst.backends import BACKENDS
 from fastnst.backends.graph_cache import cache_dir, cached_onnx
 from fastnst.backends.onnx_graph import OnnxGraphBackend, read_onnx
-from fastnst.device import check_device, cpu_count
+from fastnst.device import check_device, cpu_count, cpuinfo
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError, first_line
 from fastnst.onnx_format import INPUT_NAME, info_from_metadata
 
@@ -108,8 +110,14 @@ def cpu_name() -> str:
 
 
 def default_dtype() -> str:
-    """bf16 where OpenVINO runs it natively (AMX or AVX512-BF16), else fp32: see the module docstring's rule."""
-    return "bf16" if "BF16" in cpu_capabilities() else "fp32"
+    """bf16 where OpenVINO runs it natively and it was measured faster than fp32, else fp32 (the module
+    docstring's rule): Intel's AVX512-BF16 without AMX runs OpenVINO's bf16 at 0.58-0.62x its fp32."""
+    if "BF16" not in cpu_capabilities():
+        return "fp32"
+    flags, vendor = cpuinfo("flags"), cpuinfo("vendor_id")
+    if flags is None:  # not Linux: OpenVINO's word alone
+        return "bf16"
+    return "bf16" if "amx_bf16" in flags.split() or vendor == "AuthenticAMD" else "fp32"
 
 
 def bf16_round(values: np.ndarray) -> np.ndarray:
