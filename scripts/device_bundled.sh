@@ -16,14 +16,16 @@ prepare)
   here=$(cd "$(dirname "$0")/.." && pwd) shared=$(cd "$(dirname "$0")/../../shared" && pwd) || exit 1
   grep -qx '/.gpu/' "$here/.git/info/exclude" || echo /.gpu/ >> "$here/.git/info/exclude"
   rm -rf "$here/.gpu" && mkdir -p "$here/.gpu/shared/data/style" "$here/.gpu/shared/data/content" || exit 1
+  python=${PYTHON:-$here/.venv/bin/python}
   cp -r "$shared/data/photos" "$shared/data/vgg" "$here/.gpu/shared/data/"
-  for s in starry_night wave the_scream composition_vii the_shipwreck_of_the_minotaur; do
+  # The bundled styles' paintings and the classic photos of the style ratios, as the scripts name them.
+  for s in $(cd "$here/scripts" && "$python" -c "from train_bundled import STYLES; print(*STYLES)"); do
     cp "$shared/data/style/$s.jpg" "$here/.gpu/shared/data/style/"
   done
-  for c in tubingen golden_gate chicago brad_pitt amber stata venice-boat hoovertowernight; do
+  for c in $(cd "$here/scripts" && "$python" -c "from eval_styles import CLASSIC; print(*CLASSIC)"); do
     cp "$shared/data/content/$c.jpg" "$here/.gpu/shared/data/content/"
   done
-  (cd "$here" && "${PYTHON:-.venv/bin/python}" -m fastnst convert "$shared/data/models/rain_princess.pth" -o .gpu/rain_princess.safetensors)
+  (cd "$here" && "$python" -m fastnst convert "$shared/data/models/rain_princess.pth" -o .gpu/rain_princess.safetensors)
   du -sh "$here/.gpu"   # with the checkout it must stay under the call's 64 MiB
   exit ;;
 run) ;;
@@ -60,7 +62,8 @@ timeout $LIMIT python3 scripts/train_bundled.py $COMMON --out "$R/cont" --worker
 wait $FRESH $!
 echo "training done at $(( $(date +%s) - T0 )) s" >> "$R/env.txt"
 EVALS=""
-for s in starry_night wave the_scream composition_vii the_shipwreck_of_the_minotaur; do
+for painting in "$S"/style/*.jpg; do   # the bundled styles: prepare copied their paintings alone
+  s=$(basename "$painting" .jpg)
   cp "checkpoints/$s.safetensors" "$R/models/old-$s.safetensors"
   for run in fresh cont; do
     [ -f "$R/$run/joint/$s.safetensors" ] && cp "$R/$run/joint/$s.safetensors" "$R/models/$run-$s.safetensors"

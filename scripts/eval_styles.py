@@ -140,14 +140,14 @@ def against_optimization(model, config: TrainConfig, held_out: list[str], vgg, a
     return rows
 
 
-def contact_sheet(model, rows: list[dict], out: Path, path: Path, height: int = 256) -> None:
+def contact_sheet(model, rows: list[dict], out: Path, path: Path, device: torch.device, height: int = 256) -> None:
     """photo | model | optimization, one row per photo (up to four), as a small JPEG."""
     from PIL import Image
 
     cells = []
     for row in rows[:4]:
         photo = load_style_image(row["source"], height * 2)
-        images = [photo, stylized(model, photo.to(next(model.parameters()).device)).cpu(),
+        images = [photo, stylized(model, photo.to(device)).cpu(),
                   load_style_image(out / "lbfgs" / row["lbfgs_image"], height * 2)]
         cells.append([resize_to(Image.fromarray((i[0].permute(1, 2, 0) * 255).round().byte().numpy()),
                                 scaled_size(i.shape[-1], i.shape[-2], height)) for i in images])
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eval_styles: the classic content photos are not at {CONTENT}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, quality = {}, args.out / "quality.json"
     for path in args.models:
         model, info = load_model(path, args.device)
         if model.spec.num_styles != 1 or not info.config.get("loss"):
@@ -208,10 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = against_optimization(model, config, list(info.config.get("held_out") or []), vgg, args, args.out)
             result.update(size=args.size, iterations=args.iterations, **summary(rows))
             if args.sheets:
-                contact_sheet(model, rows, args.out, args.sheets / f"{path.stem}.jpg")
+                contact_sheet(model, rows, args.out, args.sheets / f"{path.stem}.jpg", args.device)
         results[path.stem] = result
-        keep(results, args.out / "quality.json")  # after each model: a stopped run keeps what it measured
-    quality = args.out / "quality.json"
+        keep(results, quality)  # after each model: a stopped run keeps what it measured
     print(f"\nmodel{'':12} {'ratio 1':>8} {'ratio 1/2':>9} {'ratio 1/4':>9}  {'style/L-BFGS':>12} {'wins':>5} "
           f"{'time ratio':>10}")
     for name, q in results.items():
