@@ -119,6 +119,37 @@ def cpuinfo(field: str) -> str | None:
     return None
 
 
+def fast_cpu_bf16() -> bool | None:
+    """Whether this CPU runs bf16 faster than fp32, by ``/proc/cpuinfo``; None where it cannot tell (not Linux).
+
+    Measured (docs/recipe.md, training; the OpenVINO backend, inference): Intel's AMX
+    and AMD's AVX512-BF16 (EPYC) run bf16 about 1.6-2x fp32; an Intel Xeon with
+    AVX512-BF16 but no AMX runs it at 0.6x (its oneDNN bf16 kernels are slower
+    than its fp32 ones); without AVX512-BF16, bf16 is emulated.
+    """
+    flags, vendor = cpuinfo("flags"), cpuinfo("vendor_id")
+    if flags is None:
+        return None
+    flags = flags.split()
+    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
+
+
+def default_amp(device) -> str:
+    """The mixed precision ``fastnst train --amp auto`` picks for a ``torch.device``: "bf16" or "none".
+
+    bf16 where it is the faster arithmetic: a CPU for which ``fast_cpu_bf16`` says so,
+    a CUDA device that supports it natively (Ampere and later). fp32 elsewhere,
+    including Apple's MPS and any CPU it cannot tell about.
+    """
+    if device.type == "cpu":
+        return "bf16" if fast_cpu_bf16() else "none"
+    if device.type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    return "none"
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of handing it back to the OS (Linux).
 

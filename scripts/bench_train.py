@@ -16,7 +16,9 @@ relu2_2, weights 1e5 / 1e10), Adam 1e-3, CPU.
   VGG19 to relu3_1 (random weights) with its default loss (style at scales 1, ½, ¼),
   random 256² crops of photos scaled to 384 px, style image at 384 px, batch 4.
   Target: ``recipe-bf16`` >= 3x ``baseline`` (issue 18). ``recipe-all-bf16``: the same with
-  ``--init-trains all`` (every weight trains; not in the default set).
+  ``--init-trains all`` (every weight trains; not in the default set). ``recipe-fp32-cl``,
+  ``recipe-fp32-compile``, ``recipe-fp32-cl-compile``: recipe-fp32 with ``--channels-last``,
+  ``--compile`` or both (not in the default set; docs/recipe.md has what they measured).
 
 Every run is a fresh subprocess (so its peak RSS is its own); the variants are
 interleaved A B C A B C ... and the medians reported, because other processes
@@ -54,6 +56,9 @@ VARIANTS = {
     "recipe-bf16": {"amp": "bf16"},
     "recipe-fp32": {"amp": "none"},
     "recipe-all-bf16": {"amp": "bf16", "init_trains": "all"},
+    "recipe-fp32-cl": {"amp": "none", "channels_last": True},
+    "recipe-fp32-compile": {"amp": "none", "compile": True},
+    "recipe-fp32-cl-compile": {"amp": "none", "channels_last": True, "compile": True},
 }
 
 

@@ -220,6 +220,21 @@ def _agreed(chain: list[dict], show: Callable[[dict], str]) -> str | None:
     return shown.pop() if len(shown) == 1 else None
 
 
+def _precision(stage: dict) -> str:
+    return "fp32" if stage.get("amp", "none") == "none" else f"autocast {stage['amp']}"
+
+
+def _precisions(chain: list[dict]) -> str:
+    """Which stages trained in which precision, e.g. "autocast bf16 (stages 1-5), fp32 (stage 6)"."""
+    runs: list[list] = []  # [precision, first stage, last stage]
+    for number, stage in enumerate(chain, 1):
+        if runs and runs[-1][0] == _precision(stage):
+            runs[-1][2] = number
+        else:
+            runs.append([_precision(stage), number, number])
+    return ", ".join(f"{p} (stage{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for p, a, b in runs)
+
+
 def _cropping(config: dict) -> str:
     crop = config.get("crop_size")
     return f"a random {crop} px square cropped, a new one each epoch" if crop else "centre-cropped"
@@ -259,7 +274,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
         f"weights content {config['loss']['content_weight']:g}, style {_agreed(chain, _weight) or 'as each stage says'}"
         f", TV {config['loss']['tv_weight']:g}; style loss averaged over "
         f"{_agreed(chain, _scales) or 'the scales each stage says'}.",
-        f"- Optimiser: Adam, {optimiser}, autocast {config['amp']}.",
+        f"- Optimiser: Adam, {optimiser}, {_agreed(chain, _precision) or _precisions(chain)}.",
         *steps_lines(chain),
         f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(
@@ -382,11 +397,13 @@ def _joint_time(chains: list[list[dict]]) -> list[str]:
               for chain in chains for i, stage in enumerate(chain) if i and joint_part(stage) is not None}
     if not joints:
         return []
-    together = " and ".join(f"{steps:,} steps of these styles together ({seconds / 3600:.2f} h)"
-                            for _, steps, seconds in sorted(joints))
+    runs = [f"{steps:,} step{'s' if steps != 1 else ''} ({seconds / 3600:.2f} h)"
+            for _, steps, seconds in sorted(joints)]
     if len(joints) == 1:
-        return ["", f"The last stage trained {together}: its time is counted in each row."]
-    return ["", f"The joint stages trained, one after the other, {together}: their time is counted in each row."]
+        return ["", f"The last stage trained these styles together, {runs[0]}: its time is counted in each row."]
+    listed = ", ".join(runs[:-1]) + f" and {runs[-1]}"
+    return ["", f"The joint stages trained these styles together, one after the other, {listed}: their time is "
+                "counted in each row."]
 
 
 def _tuned(chains: list[list[dict]]) -> str:

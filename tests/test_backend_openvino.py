@@ -213,7 +213,7 @@ def test_default_dtype_is_bf16_where_openvino_runs_it_natively_and_faster(monkey
              ({"FP32", "BF16"}, None, None, "bf16")]  # no /proc/cpuinfo: OpenVINO's word alone
     for caps, flags, vendor, expected in cases:
         monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda caps=caps: frozenset(caps))
-        monkeypatch.setattr(ov_backend, "cpuinfo", lambda field, info={"flags": flags, "vendor_id": vendor}:
+        monkeypatch.setattr("fastnst.device.cpuinfo", lambda field, info={"flags": flags, "vendor_id": vendor}:
                             info.get(field))
         assert ov_backend.default_dtype() == expected, (caps, flags, vendor)
 

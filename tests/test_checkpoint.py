@@ -156,6 +156,48 @@ def test_foreign_and_future_files(tmp_path):
         load_model(tmp_path / "absent.safetensors")
 
 
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_a_repeated_nested_record_is_written_once_and_read_back_whole(tmp_path, light_net):
+    # As in a style trained in joint stages: every part of a merged start carries the same earlier start.
+    start = {"steps_done": 300, "style": ["a.jpg"], "notes": "x" * 3000}
+    stage = {"init_record": {"parts": [{"style": [f"{n}.jpg"], "init_record": start} for n in "abcde"]}}
+    config = {"steps_done": 5, "init_record": {"parts": [{"style": [f"{n}.jpg"], "init_record": stage}
+                                                         for n in "abcde"]}}
+    path = save_model(tmp_path / "deep.safetensors", light_net, config=config)
+    assert read_info(path).config == config and load_model(path)[1].config == config
+    meta = _metadata(path)
+    plain = len(json.dumps(config))
+    assert plain > 25 * 3000 and len(meta["config"]) + len(meta["records"]) < 2 * 3000, "each record written once"
+    assert meta["format_version"] == str(FORMAT_VERSION)
+    small = save_model(tmp_path / "small.safetensors", light_net, config={"steps_done": 5})
+    assert "records" not in _metadata(small)  # nothing repeated: the config as it always was
+
+
+def test_a_version_1_file_reads_and_bad_record_references_are_refused(tmp_path, light_net):
+    path = save_model(tmp_path / "m.safetensors", light_net, config={"steps_done": 2})
+    tensors = load_model(path)[0].state_dict()
+    meta = _metadata(path)
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata={**meta, "format_version": "1"})
+    assert read_info(old).config == {"steps_done": 2} and read_info(old).format_version == 1
+    laughs = {f"r{i}": {"a": {"$record": f"r{i + 1}"}, "b": {"$record": f"r{i + 1}"}} for i in range(40)}
+    laughs["r40"] = {"x": "y" * 100}
+    for records, config in [({}, {"init_record": {"$record": "gone"}}),  # missing
+                            ({"r": {"next": {"$record": "r"}}}, {"init_record": {"$record": "r"}}),  # circular
+                            ({"r": [1, 2]}, {"init_record": {"$record": "r"}}),  # not a record
+                            (laughs, {"init_record": {"$record": "r0"}})]:  # 2^40 copies of 100 characters
+        bad = tmp_path / "bad.safetensors"
+        save_file(tensors, str(bad), metadata={**meta, "config": json.dumps(config), "records": json.dumps(records)})
+        with pytest.raises(ModelFileError, match="corrupt fastnst metadata"):
+            read_info(bad)
+
+
 def test_style_thumbnails_travel_in_the_file_and_through_convert(tmp_path, light_net, capsys):
     style = tmp_path / "painting.png"
     gradient_image(300, 200, seed=3).save(style)

@@ -262,7 +262,7 @@ def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_
                               "--out", str(out)]) == 0
     merged = (out / "all_styles.md").read_text()
     assert "then fine-tuned in training" in merged and "| wave | 5 |" in merged and "| starry_night | 4 |" in merged
-    assert "The last stage trained 2 steps of these styles together (0.00 h): its time is counted in each row." \
+    assert "The last stage trained these styles together, 2 steps (0.00 h): its time is counted in each row." \
         in merged
     # Run as written in a fresh folder holding only the trunk: starry_night's own stage by its card, then wave's
     # card whole, then starry_night's last line; both give the bundled networks again, bit for bit.
@@ -318,8 +318,8 @@ def test_a_style_taken_out_of_a_joint_stage_has_a_card_whose_commands_reproduce_
     assert bundle_style.main(["--merge", str(second / "wave.safetensors"), str(second / "starry_night.safetensors"),
                               "--out", str(second)]) == 0
     merged = (second / "all_styles.md").read_text()
-    assert "The joint stages trained, one after the other, 2 steps of these styles together (0.00 h) and 1 steps " \
-        "of these styles together (0.00 h): their time is counted in each row." in merged
+    assert "The joint stages trained these styles together, one after the other, 2 steps (0.00 h) and 1 step " \
+        "(0.00 h): their time is counted in each row." in merged
 
 
 def test_train_bundled_runs_the_recipe_s_stages_in_turn_and_keeps_finished_ones(tmp_path, vgg_file):

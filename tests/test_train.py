@@ -24,6 +24,7 @@ import torch
 import fastnst.train.loop as train_module
 from fastnst.checkpoint import load_model, load_training_state, read_info, save_model, save_training_state
 from fastnst.cli import main
+from fastnst.device import default_amp
 from fastnst.errors import ConfigError, ModelFileError
 from fastnst.files import TEMP_MARKER
 from fastnst.losses import LossSpec
@@ -286,7 +287,7 @@ def test_two_gloo_processes_under_torchrun_follow_the_single_process_run(setup):
     args = ["--style", str(setup["style"]), "--data", str(setup["photos"]), "--spec", "light", "--image-size", "32",
             "--steps", "3", "--workers", "0", "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2",
             "--content-weight", "1", "--style-weight", "1e3", "--log-every", "1", "--sample-every", "2",
-            "--loss-on-raw-output"]
+            "--loss-on-raw-output", "--amp", "none"]  # fp32 on every CPU (auto is bf16 on some)
     ddp_out, ddp_logs = setup["out"] / "ddp.safetensors", setup["out"] / "ddp-logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fastnst", "train", *args, "--batch-size", "2", "-o", str(ddp_out), "--logdir", str(ddp_logs)]
@@ -506,6 +507,43 @@ def test_training_state_files_are_versioned_and_loaded_safely(tmp_path, model_fi
     save_model(tmp_path / "ok.safetensors", TransformerNet(SPECS["light"]))  # the model format is untouched
 
 
+def test_default_amp_is_bf16_where_it_was_measured_faster(monkeypatch):
+    # (/proc/cpuinfo's flags and vendor, what --amp auto trains with on the CPU): measured on each kind of CPU.
+    cases = [("avx512f avx512_bf16 amx_bf16 amx_tile", "GenuineIntel", "bf16"),  # AMX: 1.67x fp32
+             ("avx512f avx512_bf16", "AuthenticAMD", "bf16"),  # AMD EPYC (Zen 4): 1.68x
+             ("avx512f avx512_bf16", "GenuineIntel", "none"),  # Intel AVX512-BF16 without AMX: 0.66x
+             ("avx2 fma", "AuthenticAMD", "none"),  # no bf16 arithmetic: emulated
+             (None, None, "none")]  # no /proc/cpuinfo: cannot tell
+    for flags, vendor, expected in cases:
+        monkeypatch.setattr("fastnst.device.cpuinfo", lambda field, info={"flags": flags, "vendor_id": vendor}:
+                            info.get(field))
+        assert default_amp(torch.device("cpu")) == expected, (flags, vendor)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert default_amp(torch.device("cuda")) == ("bf16" if supported else "none")
+    assert default_amp(torch.device("mps")) == "none"
+
+
+def test_cli_amp_auto_trains_with_the_machines_choice_and_the_card_writes_it(setup, monkeypatch, capsys):
+    argv = ["-v", "train", "--style", str(setup["style"]), "--data", str(setup["photos"]), "--spec", "light",
+            "--image-size", "32", "--batch-size", "2", "--steps", "1", "--workers", "0", "--holdout", "2",
+            "--vgg-weights", str(setup["vgg"]), "--style-layers", "relu1_2,relu2_2", "--checkpoint-every", "0",
+            "--sample-every", "0", "--device", "cpu"]
+    for fast, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr("fastnst.device.fast_cpu_bf16", lambda fast=fast: fast)
+        out = setup["out"] / f"auto-{expected}.safetensors"
+        assert main([*argv, "-o", str(out)]) == 0  # --amp left out: auto
+        assert f"--amp auto: {expected}" in capsys.readouterr().err
+        config = TrainConfig.from_record(read_info(out).config)
+        assert config.amp == expected
+        command = config.command()
+        assert command[command.index("--amp") + 1] == expected  # written even as "none": auto is not portable
+    monkeypatch.setattr("fastnst.device.fast_cpu_bf16", lambda: True)
+    explicit = setup["out"] / "explicit.safetensors"
+    assert main([*argv, "-o", str(explicit), "--amp", "none"]) == 0  # a given --amp wins over the machine's choice
+    assert read_info(explicit).config["amp"] == "none"
+
+
 def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
     """--amp, --lr-decay, --epochs, --style-size, --channels-last, --device, then --init on the result: with
     --keep-init-styles a two-style model, without it the new style alone, trained the way the first was."""
@@ -543,7 +581,7 @@ def test_cli_train_options_reach_the_run_and_init_adds_a_style(setup, capsys):
         assert torch.equal(net3(x), net2(x, style=torch.tensor([0.0, 1.0])))
     # Options left unset came from the first model's training; given ones (batch, image size) stayed.
     assert (info3.config["lr_decay"], info3.config["style_size"], info3.config["batch_size"]) == ("cosine", 40, 2)
-    assert info3.config["amp"] == "none"  # precision is this machine's choice, not inherited
+    assert info3.config["amp"] == default_amp(torch.device("cpu"))  # this machine's choice (auto), not inherited
     assert main([*base, "--init", str(first), "--style", str(second_style), "-o", str(alone), "--steps", "1",
                  "--lr-decay", "none", "--style-size", "32"]) == 0
     assert (read_info(alone).config["lr_decay"], read_info(alone).config["style_size"]) == ("none", 32)

@@ -57,7 +57,7 @@ import numpy as np
 from fastnst.backends import BACKENDS
 from fastnst.backends.graph_cache import cache_dir, cached_onnx
 from fastnst.backends.onnx_graph import OnnxGraphBackend, read_onnx
-from fastnst.device import check_device, cpu_count, cpuinfo
+from fastnst.device import check_device, cpu_count, fast_cpu_bf16
 from fastnst.errors import ConfigError, FastNSTError, ModelFileError, first_line
 from fastnst.onnx_format import INPUT_NAME, info_from_metadata
 
@@ -114,10 +114,7 @@ def default_dtype() -> str:
     docstring's rule): Intel's AVX512-BF16 without AMX runs OpenVINO's bf16 at 0.58-0.62x its fp32."""
     if "BF16" not in cpu_capabilities():
         return "fp32"
-    flags, vendor = cpuinfo("flags"), cpuinfo("vendor_id")
-    if flags is None:  # not Linux: OpenVINO's word alone
-        return "bf16"
-    return "bf16" if "amx_bf16" in flags.split() or vendor == "AuthenticAMD" else "fp32"
+    return "fp32" if fast_cpu_bf16() is False else "bf16"  # None (not Linux): OpenVINO's word alone
 
 
 def bf16_round(values: np.ndarray) -> np.ndarray:

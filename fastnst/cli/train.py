@@ -17,8 +17,8 @@ caffe, or a weight file with caffe in its name): style relu1_1,relu2_1,relu3_1 a
 content relu2_2, content weight 1, style weight 50.
 Your own painting in minutes on a CPU, on the shared weights of a bundled model:
   fastnst train --init checkpoints/all_styles.safetensors --style my_painting.jpg --data photos/
-                -o my_painting.safetensors --steps 300 --amp bf16
-(--amp bf16 where the CPU has AVX512-BF16 or AMX; the rest comes from the model's training)
+                -o my_painting.safetensors --steps 300
+(the sizes, learning rate and loss come from the model's training)
 Under torchrun --nproc_per_node N the same command trains with DistributedDataParallel
 (--batch-size is per process). Ctrl-C saves a checkpoint; continue with --resume auto."""
 
@@ -80,8 +80,10 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                    help="take the losses on the network's raw output, not on it clamped to 0-1 as a saved picture "
                         "is (how earlier fastnst runs trained; docs/recipe.md, t14)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="none",
-                   help="mixed precision: bf16 is about 2x faster on CPUs with AVX512-BF16/AMX (default none)")
+    p.add_argument("--amp", choices=("auto", *AMP_CHOICES), default="auto",
+                   help="mixed precision (default auto: bf16 where it is the faster arithmetic, i.e. CPUs with "
+                        "AMX, AMD CPUs with AVX512-BF16 and CUDA GPUs that support it, else none; the model file "
+                        "records which)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory layout (try on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (slow start)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -116,13 +118,24 @@ def train_config(args: argparse.Namespace):
         style=tuple(args.style), style_names=tuple(args.style_name or ()), init=args.init,
         keep_init_styles=args.keep_init_styles, init_trains=args.init_trains, style_weights=weights,
         data=args.data, output=args.output, spec=args.spec, loss=loss_spec(args), steps=args.steps,
-        epochs=args.epochs, seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        epochs=args.epochs, seed=args.seed, amp=_amp(args), channels_last=args.channels_last, compile=args.compile,
         device=args.device, workers=args.workers,
         logdir=args.logdir, log_every=args.log_every, sample_every=args.sample_every,
         sample_images=tuple(args.sample_images or ()), holdout=args.holdout,
         checkpoint_every=args.checkpoint_every, resume=args.resume, temporal_weight=args.temporal_weight,
         loss_on_raw_output=args.loss_on_raw_output,
         **{name: value for name, value in options.items() if value is not None})
+
+
+def _amp(args: argparse.Namespace) -> str:
+    """``--amp`` as given, or for ``auto`` what this machine runs faster (``fastnst.device.default_amp``)."""
+    if args.amp != "auto":
+        return args.amp
+    from fastnst.device import default_amp, resolve_device
+
+    amp = default_amp(resolve_device(args.device))
+    log.info("--amp auto: %s on this machine (give --amp to choose)", amp)
+    return amp
 
 
 def _inherit(args: argparse.Namespace, options: dict, per_style: bool) -> None:

@@ -148,7 +148,8 @@ class TrainConfig:
     def command(self, show: Callable[[str], str] = str, inherited: tuple[dict, dict] = ({}, {})) -> list[str]:
         """The ``fastnst train`` arguments that train this model again (what a model card prints).
 
-        Everything that decides the weights is written, defaults left out; how the
+        Everything that decides the weights is written, defaults left out (but
+        ``--amp``: the command line's default, auto, depends on the machine); how the
         run is watched or where it runs (logging, checkpoints, workers, device) is
         not. ``show`` rewrites file paths (e.g. relative to the repository).
         ``inherited``: what the ``--init`` model gives an option left out
@@ -161,8 +162,9 @@ class TrainConfig:
         argv = ["--style", *map(show, self.style), "--data", show(self.data), "-o", show(self.output)]
         for f in fields(self):
             value = getattr(self, f.name)
+            # --amp is always written: the command line's default (auto) depends on the machine.
             if f.name in ("style", "data", "output", "loss") or f.name in _NOT_IN_COMMAND or \
-                    not _differs(f.name, value, getattr(default, f.name), inherited[0]):
+                    (f.name != "amp" and not _differs(f.name, value, getattr(default, f.name), inherited[0])):
                 continue
             argv += _option(f.name, value, show if f.name in ("init", "sample_images") else str)
         for f in fields(loss):
