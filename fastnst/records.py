@@ -26,13 +26,13 @@ def share_records(config: dict) -> tuple[dict, dict]:
     the start of their SHA-256, so equal records share one entry. Values that are
     not JSON are written as their ``str`` (as the config always was).
     """
-    config = json.loads(json.dumps(config, default=str))
-    counts: Counter = Counter()
+    config = json.loads(json.dumps(config, default=str))  # a fresh tree: each dict is its own object
+    texts: dict[int, str] = {}  # id of a long dict → its JSON (keys sorted), serialised once
 
     def count(value) -> None:
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         if isinstance(value, dict) and len(text := json.dumps(value, sort_keys=True)) >= SHARED_MIN_CHARS:
-            counts[text] += 1
+            texts[id(value)] = text
         for child in children:
             count(child)
 
@@ -41,7 +41,7 @@ def share_records(config: dict) -> tuple[dict, dict]:
             return [share(child) for child in value]
         if not isinstance(value, dict):
             return value
-        text, shared = json.dumps(value, sort_keys=True), {key: share(child) for key, child in value.items()}
+        shared, text = {key: share(child) for key, child in value.items()}, texts.get(id(value))
         if counts[text] < 2:
             return shared
         ident = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -49,7 +49,7 @@ def share_records(config: dict) -> tuple[dict, dict]:
         return {RECORD_REF: ident}
 
     count(config)
-    table: dict[str, dict] = {}
+    counts, table = Counter(texts.values()), {}
     return share(config), table
 
 

@@ -225,13 +225,16 @@ def _precision(stage: dict) -> str:
 
 
 def _precisions(chain: list[dict]) -> str:
-    """Which stages trained in which precision, e.g. "autocast bf16 (stages 1-5), fp32 (stage 6)"."""
+    """Which stages trained in which precision, e.g. "autocast bf16 (stages 1-5), fp32 (stage 6)"; the precision
+    alone where every stage agrees."""
     runs: list[list] = []  # [precision, first stage, last stage]
     for number, stage in enumerate(chain, 1):
         if runs and runs[-1][0] == _precision(stage):
             runs[-1][2] = number
         else:
             runs.append([_precision(stage), number, number])
+    if len(runs) == 1:
+        return runs[0][0]
     return ", ".join(f"{p} (stage{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''})" for p, a, b in runs)
 
 
@@ -274,7 +277,7 @@ def card(name: str, config: dict, styles: tuple[str, ...], size_mb: float, quali
         f"weights content {config['loss']['content_weight']:g}, style {_agreed(chain, _weight) or 'as each stage says'}"
         f", TV {config['loss']['tv_weight']:g}; style loss averaged over "
         f"{_agreed(chain, _scales) or 'the scales each stage says'}.",
-        f"- Optimiser: Adam, {optimiser}, {_agreed(chain, _precision) or _precisions(chain)}.",
+        f"- Optimiser: Adam, {optimiser}, {_precisions(chain)}.",
         *steps_lines(chain),
         f"- Time: {hours}{_where(chain)}.",
         "- Final losses (mean of the last logged window): " + (", ".join(

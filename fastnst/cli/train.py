@@ -33,7 +33,7 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
         return
     from fastnst.device import DEVICE_CHOICES
     from fastnst.models.transformer import SPECS
-    from fastnst.train.config import AMP_CHOICES, DEFAULT_EPOCHS, INIT_TRAINS, LR_DECAYS
+    from fastnst.train.config import AMP_CHOICES, COMMAND_LINE_DEFAULTS, DEFAULT_EPOCHS, INIT_TRAINS, LR_DECAYS
 
     p.add_argument("--style", required=True, nargs="+", metavar="IMAGE",
                    help="the style image; several make one model carrying all of them (conditional instance norm)")
@@ -80,7 +80,7 @@ def add_train(sub: argparse._SubParsersAction, options: bool = True) -> None:
                    help="take the losses on the network's raw output, not on it clamped to 0-1 as a saved picture "
                         "is (how earlier fastnst runs trained; docs/recipe.md, t14)")
     p.add_argument("--seed", type=int, default=42, help="seed of weights and data order (default 42)")
-    p.add_argument("--amp", choices=("auto", *AMP_CHOICES), default="auto",
+    p.add_argument("--amp", choices=("auto", *AMP_CHOICES), default=COMMAND_LINE_DEFAULTS["amp"],
                    help="mixed precision (default auto: bf16 where it is the faster arithmetic, i.e. CPUs with "
                         "AMX, AMD CPUs with AVX512-BF16 and CUDA GPUs that support it, else none; the model file "
                         "records which)")

@@ -28,6 +28,9 @@ _NOT_IN_COMMAND = {"resume", "checkpoint_every", "logdir", "log_every", "sample_
 INHERITED = ("image_size", "crop_size", "style_size", "batch_size", "lr", "lr_decay")
 # What a record written before an option existed means by leaving it out (where that is not the option's default).
 UNRECORDED = {"loss_on_raw_output": True}
+# Options whose command-line default is not a value a run records but one the machine resolves (``--amp auto``):
+# a command leaving them out would train differently elsewhere, so ``TrainConfig.command`` always writes them.
+COMMAND_LINE_DEFAULTS = {"amp": "auto"}
 INHERITED_LOSS = ("vgg", "vgg_flavour", "content_layers", "style_layers", "content_weight", "style_weight",
                   "tv_weight", "style_scales")
 
@@ -148,8 +151,8 @@ class TrainConfig:
     def command(self, show: Callable[[str], str] = str, inherited: tuple[dict, dict] = ({}, {})) -> list[str]:
         """The ``fastnst train`` arguments that train this model again (what a model card prints).
 
-        Everything that decides the weights is written, defaults left out (but
-        ``--amp``: the command line's default, auto, depends on the machine); how the
+        Everything that decides the weights is written, the command line's defaults
+        left out (``--amp`` is always written: its default, auto, depends on the machine); how the
         run is watched or where it runs (logging, checkpoints, workers, device) is
         not. ``show`` rewrites file paths (e.g. relative to the repository).
         ``inherited``: what the ``--init`` model gives an option left out
@@ -162,9 +165,8 @@ class TrainConfig:
         argv = ["--style", *map(show, self.style), "--data", show(self.data), "-o", show(self.output)]
         for f in fields(self):
             value = getattr(self, f.name)
-            # --amp is always written: the command line's default (auto) depends on the machine.
-            if f.name in ("style", "data", "output", "loss") or f.name in _NOT_IN_COMMAND or \
-                    (f.name != "amp" and not _differs(f.name, value, getattr(default, f.name), inherited[0])):
+            if f.name in ("style", "data", "output", "loss") or f.name in _NOT_IN_COMMAND or not _differs(
+                    f.name, value, COMMAND_LINE_DEFAULTS.get(f.name, getattr(default, f.name)), inherited[0]):
                 continue
             argv += _option(f.name, value, show if f.name in ("init", "sample_images") else str)
         for f in fields(loss):
