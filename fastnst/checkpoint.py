@@ -18,7 +18,8 @@ string metadata holds JSON:
 ``records``        format 2, optional: ID → that record, written once (``fastnst.records``: a style
                    trained in joint stages carries each stage's merged start
                    in every part, so its history would otherwise grow fivefold
-                   a stage: 0.05 → 0.8 MB in two stages)
+                   a stage: 0.05 → 0.8 MB in two stages); read back, each
+                   record is one object wherever it is referred to
 ``thumbnails``     optional: one small base64 JPEG per style, of its style image
                    (``fastnst.images.encode_thumbnail``), for contact sheets
 ``value_range``    ``"0-1"``: input and output range of the network

@@ -26,7 +26,8 @@ convex mix blends them); ``styles`` in the metadata names the N columns.
 ``precision``      ``fp32`` or ``fp16`` (I/O dtypes do not change with it)
 ``opset``          the default-domain opset
 ``input`` ``output`` one-line descriptions for a person reading the file
-``model_config``   the source model's training config (JSON); ``model_source``
+``model_config``   the source model's training config (JSON, its repeated records written once:
+                   ``fastnst.records.dumps_record``); ``model_source``
 ``export_config``  ``asdict(ExportConfig)`` as JSON
 =================  ==========================================================
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 from fastnst.checkpoint import ModelInfo
 from fastnst.errors import ModelFileError
 from fastnst.models.spec import TransformerSpec
+from fastnst.records import dumps_record, loads_record
 from fastnst.version import __version__
 
 IO_MODES = ("float", "uint8")
@@ -67,7 +69,7 @@ def onnx_metadata(info: ModelInfo, io: str, fp16: bool, opset: int, config: dict
             f"; {STYLE_INPUT}: float32 (batch, {info.spec.num_styles}) style weights, one-hot or a mix of "
             f"{', '.join(info.styles)}" if info.spec.num_styles > 1 else ""),
         "output": f"{OUTPUT_NAME}: {dtype} {layout} RGB, the input's size" + ("" if io == "uint8" else ", unclamped"),
-        "model_config": json.dumps(info.config, default=str),
+        "model_config": dumps_record(info.config),
         "model_source": info.source,
         "export_config": json.dumps(config or {}),
     }
@@ -84,7 +86,7 @@ def info_from_metadata(meta: dict[str, str], path: str | Path = "<onnx>") -> Mod
                                   f"({ONNX_FORMAT_VERSION}); upgrade fastnst")
         return ModelInfo(spec=TransformerSpec.from_dict(json.loads(meta["spec"])),
                          styles=tuple(json.loads(meta.get("styles", "[]"))),
-                         config=json.loads(meta.get("model_config", "{}")),
+                         config=loads_record(meta.get("model_config", "{}")),
                          fastnst_version=meta.get("fastnst_version", "unknown"), source="onnx")
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(path, f"corrupt fastnst metadata in the ONNX file ({exc})") from None

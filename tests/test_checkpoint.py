@@ -186,16 +186,77 @@ def test_a_version_1_file_reads_and_bad_record_references_are_refused(tmp_path, 
     old = tmp_path / "v1.safetensors"
     save_file(tensors, str(old), metadata={**meta, "format_version": "1"})
     assert read_info(old).config == {"steps_done": 2} and read_info(old).format_version == 1
-    laughs = {f"r{i}": {"a": {"$record": f"r{i + 1}"}, "b": {"$record": f"r{i + 1}"}} for i in range(40)}
-    laughs["r40"] = {"x": "y" * 100}
     for records, config in [({}, {"init_record": {"$record": "gone"}}),  # missing
                             ({"r": {"next": {"$record": "r"}}}, {"init_record": {"$record": "r"}}),  # circular
-                            ({"r": [1, 2]}, {"init_record": {"$record": "r"}}),  # not a record
-                            (laughs, {"init_record": {"$record": "r0"}})]:  # 2^40 copies of 100 characters
+                            ({"r": [1, 2]}, {"init_record": {"$record": "r"}})]:  # not a record
         bad = tmp_path / "bad.safetensors"
         save_file(tensors, str(bad), metadata={**meta, "config": json.dumps(config), "records": json.dumps(records)})
         with pytest.raises(ModelFileError, match="corrupt fastnst metadata"):
             read_info(bad)
+
+
+# Run in a child with a timeout: were any step to walk the history as a tree, it would not finish.
+_HISTORY_CHECK = r"""
+import json, sys
+from pathlib import Path
+from safetensors import safe_open
+from fastnst.checkpoint import load_model, read_info, save_model
+from fastnst.cli import main
+from fastnst.convert import ConvertConfig, convert_model
+from fastnst.onnx_format import info_from_metadata, onnx_metadata
+from fastnst.records import dumps_record, loads_record
+
+folder, crafted = Path(sys.argv[1]), Path(sys.argv[2])
+net, _ = load_model(crafted)
+
+def bottom(record: dict, read: bool) -> dict:
+    for _ in range(40):
+        assert record["a"] is record["b"] if read else record["a"] == record["b"]  # read: one object per record
+        record = record["a"]
+    return record
+
+
+# A crafted nest: record i holds record i+1 twice, forty deep (2^40 copies as a tree).
+assert bottom(read_info(crafted).config["init_record"], read=True) == {"x": "y" * 100}
+assert main(["info", str(crafted)]) == 0 and main(["info", "--json", str(crafted)]) == 0
+again = convert_model(ConvertConfig(source=str(crafted), output=str(folder / "again.safetensors")))
+assert bottom(read_info(again).config["init_record"], read=False) == {"x": "y" * 100}  # small ones written inline
+
+# Twelve joint stages as bundle_style builds them: each merge holds five styles taken out of one joint run
+# whose --init was the merge before (5^12 copies of the first stage as a tree).
+merged = {"parts": [{"steps_done": 1, "style": [f"{n}.jpg"]} for n in "abcde"], "half": True}
+for stage in range(12):
+    joint = {"steps_done": 600, "stage": stage, "notes": "x" * 3000, "init_record": merged}
+    merged = {"parts": [{**joint, "selected_styles": [n]} for n in "abcde"], "half": True}
+path = save_model(folder / "joint.safetensors", net, config=merged)
+with safe_open(str(path), "pt") as f:
+    meta = f.metadata()
+assert len(meta["config"]) + len(meta["records"]) < 12 * 6 * 3200, "each record written once"
+for config in (read_info(path).config, loads_record(dumps_record(merged)),
+               info_from_metadata(onnx_metadata(read_info(path), "float", False, 17)).config):
+    record, stages = config, []
+    while "init_record" in record["parts"][2]:  # the lineage of the third style, stage by stage
+        record = record["parts"][2]
+        assert record["selected_styles"] == ["c"] and record["notes"] == "x" * 3000
+        stages.append(record["stage"])
+        record = record["init_record"]
+    assert stages == list(range(11, -1, -1)) and record["parts"][2] == {"steps_done": 1, "style": ["c.jpg"]}
+assert main(["info", "--json", str(path)]) == 0
+print("ok")
+"""
+
+
+def test_a_history_repeated_at_every_level_costs_its_file_size_not_its_tree(tmp_path, light_net, capsys):
+    path = save_model(tmp_path / "m.safetensors", light_net, config={"steps_done": 2})
+    tensors, meta = load_model(path)[0].state_dict(), _metadata(path)
+    laughs = {f"r{i}": {"a": {"$record": f"r{i + 1}"}, "b": {"$record": f"r{i + 1}"}} for i in range(40)}
+    laughs["r40"] = {"x": "y" * 100}
+    crafted = tmp_path / "crafted.safetensors"
+    save_file(tensors, str(crafted), metadata={**meta, "config": json.dumps({"init_record": {"$record": "r0"}}),
+                                               "records": json.dumps(laughs)})
+    done = subprocess.run([sys.executable, "-c", _HISTORY_CHECK, str(tmp_path), str(crafted)], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_style_thumbnails_travel_in_the_file_and_through_convert(tmp_path, light_net, capsys):

@@ -20,7 +20,9 @@ def add_info(sub: argparse._SubParsersAction, options: bool = True) -> None:
     p.add_argument("--backends", action="store_true",
                    help="list the backends (torch, onnxruntime, openvino), whether each is installed, and what "
                         "--backend auto picks here for a model file and for a .onnx file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of text (with the whole training config; a record that occurs more than "
+                        'once in it is written once, under "records", and referred to as {"$record": ID})')
 
 
 def _backends_summary() -> dict:
@@ -51,6 +53,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from fastnst.checkpoint import load_model
     from fastnst.images import decode_thumbnail
     from fastnst.models.transformer import macs_per_pixel
+    from fastnst.records import share_records
 
     if args.backends:
         summary = _backends_summary()
@@ -87,10 +90,10 @@ def _run_info(args: argparse.Namespace) -> int:
         "styles": list(info.styles),
         "thumbnails": [list(decode_thumbnail(t, f"{args.model}: thumbnail {i}").shape[:0:-1])
                        for i, t in enumerate(info.thumbnails)],
-        "config": info.config,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        config, records = share_records(info.config)  # as the file holds it: a whole joint history is huge
+        print(json.dumps({**summary, "config": config, **({"records": records} if records else {})}, indent=2))
         return 0
     for key, value in summary.items():
         if key == "config":
@@ -103,5 +106,14 @@ def _run_info(args: argparse.Namespace) -> int:
     if info.config:
         print("config")
         for key, value in info.config.items():
-            print(f"  {key:22} {value}")
+            print(f"  {key:22} {_brief(value)}")
     return 0
+
+
+def _brief(value) -> str:
+    """A config value for the text view; a nested training record is named, not printed (``--json`` has it)."""
+    if isinstance(value, dict):
+        return f"(a record of {len(value)} entries; --json shows it)"
+    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return f"({len(value)} records; --json shows them)"
+    return str(value)

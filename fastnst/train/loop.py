@@ -62,6 +62,7 @@ from fastnst.losses import (
 from fastnst.models.transformer import TransformerNet, get_spec
 from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
+from fastnst.records import dumps_record, loads_record
 from fastnst.styles import pick_styles, style_names
 from fastnst.train import distributed, rng
 from fastnst.train.config import DEFAULT_EPOCHS, TrainConfig
@@ -213,7 +214,7 @@ class TrainingRun:
         self.resume_changes = json.loads(state.get("resume_changes", "[]")) + ([[self.step, changed]] if changed
                                                                                 else [])
         if "init_record" in state:
-            self.init_record = json.loads(state["init_record"])
+            self.init_record = loads_record(state["init_record"])
         self.last_good = path
         if self.main:
             log.warning("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
@@ -323,7 +324,7 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": rng.rng_state(),
             "config": json.dumps(asdict(self.config), default=str), "spec": self.model.spec.to_dict(),
-            "train_seconds": self.train_seconds(), "init_record": json.dumps(self.init_record),
+            "train_seconds": self.train_seconds(), "init_record": dumps_record(self.init_record),
             "step_totals": json.dumps(self.step_totals), "resume_changes": json.dumps(self.resume_changes),
         })
 
