@@ -81,7 +81,7 @@ class ModelInfo:
 
     spec: TransformerSpec
     styles: tuple[str, ...] = ()
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict, repr=False)  # a joint history is huge as text (fastnst.records)
     fastnst_version: str = __version__
     format_version: int = FORMAT_VERSION
     source: str = "fastnst"  # or "pytorch-examples" for a converted legacy file

@@ -31,11 +31,12 @@ def share_records(config: dict) -> tuple[dict, dict]:
 
     A record is a dict of at least ``SHARED_MIN_CHARS`` characters as JSON
     written out whole; it occurs twice when two distinct records hold it, or one
-    holds it twice (lists looked into). ID is the start of its digest, so equal records share one entry. Values
-    that are not JSON are written as their ``str`` (as the config always was).
+    holds it twice (lists looked into). ID is the start of its digest, so equal
+    records share one entry. Values that are not JSON are written as their
+    ``str`` (as the config always was).
     """
     digests: dict[int, tuple[str, int]] = {}  # id of a dict → (digest of its content, its size as a JSON tree)
-    alive, uses = [], Counter()  # the dicts seen (so that ids stay theirs), digest → distinct holders
+    uses = Counter()  # digest → how often distinct dicts hold it (``config`` keeps every dict, so ids stay theirs)
 
     def scan(value) -> tuple[object, int]:
         """(what stands for ``value`` in its holder's digest, its size as a JSON tree), each dict digested once."""
@@ -45,7 +46,6 @@ def share_records(config: dict) -> tuple[dict, dict]:
                 text = json.dumps({key: form for key, (form, _) in items.items()}, sort_keys=True)
                 digests[id(value)] = (hashlib.sha256(text.encode()).hexdigest(),
                                       2 + sum(len(key) + 4 + size for key, (_, size) in items.items()))
-                alive.append(value)
                 uses.update(_held(form for form, _ in items.values()))
             digest, size = digests[id(value)]
             return {RECORD_REF: digest}, size
