@@ -52,14 +52,13 @@ def share_records(config: dict) -> tuple[dict, dict]:
         if isinstance(value, (list, tuple)):
             items = [scan(child) for child in value]  # counted as held by the dict that holds the list
             return [form for form, _ in items], 2 + sum(size + 1 for _, size in items)
-        value = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
-        return value, len(json.dumps(value))
+        return _plain(value), len(json.dumps(_plain(value)))
 
     def write(value):
         if isinstance(value, (list, tuple)):
             return [write(child) for child in value]
         if not isinstance(value, dict):
-            return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+            return _plain(value)
         digest, size = digests[id(value)]
         if uses[digest] < 2 or size < SHARED_MIN_CHARS or value is config:
             return {str(key): write(child) for key, child in value.items()}
@@ -71,6 +70,11 @@ def share_records(config: dict) -> tuple[dict, dict]:
     scan(config)
     table: dict[str, dict] = {}
     return write(config), table
+
+
+def _plain(value):
+    """A value that is not a dict or list as JSON holds it: itself, or its ``str``."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def _held(forms) -> list[str]:

@@ -246,7 +246,7 @@ print("ok")
 """
 
 
-def test_a_history_repeated_at_every_level_costs_its_file_size_not_its_tree(tmp_path, light_net, capsys):
+def test_a_history_repeated_at_every_level_costs_its_file_size_not_its_tree(tmp_path, light_net):
     path = save_model(tmp_path / "m.safetensors", light_net, config={"steps_done": 2})
     tensors, meta = load_model(path)[0].state_dict(), _metadata(path)
     laughs = {f"r{i}": {"a": {"$record": f"r{i + 1}"}, "b": {"$record": f"r{i + 1}"}} for i in range(40)}

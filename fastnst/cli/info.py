@@ -96,8 +96,6 @@ def _run_info(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "config": config, **({"records": records} if records else {})}, indent=2))
         return 0
     for key, value in summary.items():
-        if key == "config":
-            continue
         if key == "styles":
             value = f"{len(value)}: " + ", ".join(f"{i}={n}" for i, n in enumerate(value)) if value else "(unnamed)"
         if key == "thumbnails":
