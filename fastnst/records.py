@@ -52,7 +52,8 @@ def share_records(config: dict) -> tuple[dict, dict]:
         if isinstance(value, (list, tuple)):
             items = [scan(child) for child in value]  # counted as held by the dict that holds the list
             return [form for form, _ in items], 2 + sum(size + 1 for _, size in items)
-        return _plain(value), len(json.dumps(_plain(value)))
+        plain = _plain(value)
+        return plain, len(json.dumps(plain))
 
     def write(value):
         if isinstance(value, (list, tuple)):
