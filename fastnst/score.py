@@ -172,6 +172,26 @@ def style_ratios(vgg: torch.nn.Module, stylized: torch.Tensor, photo: torch.Tens
     return ratios
 
 
+def style_terms(vgg: torch.nn.Module, image: torch.Tensor, grams: dict[str, torch.Tensor], spec: LossSpec
+                ) -> dict[str, float]:
+    """Each style layer's part, at each scale, of the weighted style loss of ``image`` (1, 3, H, W, 0–1).
+
+    Keys are ``style_grams``' (``relu3_1@0.25``); the values sum to ``perceptual_losses``'
+    style. Why: a total says how far a model is from the painting, the terms say where —
+    for the bundled styles against optimization, mostly relu2_1 and relu3_1 at ½ and ¼
+    (docs/recipe.md, "Where the gap lives").
+    """
+    terms = {}
+    with torch.no_grad():
+        for scale in spec.style_scales:
+            features = vgg(downscale(image, scale))
+            for layer, weight in spec.style_layers.items():
+                key = scale_key(layer, scale)
+                part = style_loss(features, {layer: grams[key]}, {layer: weight})
+                terms[key] = float(part) * spec.style_weight / len(spec.style_scales)
+    return terms
+
+
 def score_images(config: ScoreConfig) -> ScoreReport:
     """Score every image of ``config``; unreadable or too-small images are reported and skipped.
 

@@ -15,7 +15,9 @@ Two measures per model, both with the model's own loss network (``fastnst.score`
   the model file; ``--photos`` 20) at ``--size`` px (512), the model's style loss and
   ``fastnst optimize``'s after ``--iterations`` (100) L-BFGS evaluations from the
   photo, with the training's loss and weights, and both times. Bar: the model's loss
-  <= the optimization's in < 1/100 of its time.
+  <= the optimization's in < 1/100 of its time. Where they differ, per style layer and
+  scale (``fastnst.score.style_terms``): the model's term over the optimization's and
+  its share of the gap, medians over the photos (``terms`` in quality.json).
 
 The optimizations are the slow part (a minute or more per photo on a CPU) and do not
 depend on the model: each result is kept in ``OUT/lbfgs/`` (the image and a line of
@@ -46,7 +48,7 @@ from fastnst.images import load_style_image, resize_to, save_image, scaled_size
 from fastnst.losses import style_targets
 from fastnst.optimize import OptimizeConfig, optimize
 from fastnst.pretrained import load_loss_network
-from fastnst.score import score_tensor, style_ratios
+from fastnst.score import score_tensor, style_ratios, style_terms
 from fastnst.train.config import TrainConfig, model_style_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +134,8 @@ def against_optimization(model, config: TrainConfig, held_out: list[str], vgg, a
             seconds = synchronized(args.device) - start
         ours, theirs = score_tensor(vgg, styled, photo, grams, spec), score_tensor(vgg, optimized, photo, grams, spec)
         rows.append({"photo": Path(path).name, "model_style": ours["style"], "lbfgs_style": theirs["style"],
+                     "model_terms": style_terms(vgg, styled, grams, spec),
+                     "lbfgs_terms": style_terms(vgg, optimized, grams, spec),
                      "model_content": ours["content"], "lbfgs_content": theirs["content"], "model_seconds": seconds,
                      "lbfgs_seconds": reference["seconds"], "lbfgs_evaluations": reference["evaluations"],
                      "lbfgs_image": reference["image"], "source": path})
@@ -164,7 +168,19 @@ def contact_sheet(model, rows: list[dict], out: Path, path: Path, device: torch.
 def summary(rows: list[dict]) -> dict:
     median = {key: statistics.median(row[key] for row in rows) for key in (
         "model_style", "lbfgs_style", "model_content", "lbfgs_content", "model_seconds", "lbfgs_seconds")}
-    return {"photos": len(rows), "model_wins": sum(r["model_style"] <= r["lbfgs_style"] for r in rows), **median}
+    return {"photos": len(rows), "model_wins": sum(r["model_style"] <= r["lbfgs_style"] for r in rows), **median,
+            "terms": gap_by_term(rows)}
+
+
+def gap_by_term(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per style layer and scale (``fastnst.score.style_terms``' keys), medians over the photos: the model's term
+    over the optimization's (``ratio``), and that term's share of the gap between their style losses (``share``;
+    one photo's shares sum to 1). Where the model stands furthest from optimization, i.e. where a lever must act."""
+    def share(row: dict, key: str) -> float:
+        gap = row["model_style"] - row["lbfgs_style"]
+        return (row["model_terms"][key] - row["lbfgs_terms"][key]) / gap if gap else 0.0
+    return {key: {"ratio": statistics.median(r["model_terms"][key] / r["lbfgs_terms"][key] for r in rows),
+                  "share": statistics.median(share(r, key) for r in rows)} for key in rows[0]["model_terms"]}
 
 
 def keep(results: dict, quality: Path) -> None:
@@ -207,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ratios_only:
             rows = against_optimization(model, config, list(info.config.get("held_out") or []), vgg, args, args.out)
             result.update(size=args.size, iterations=args.iterations, **summary(rows))
+            print("  gap by term (model / L-BFGS, share of the gap): " + ", ".join(
+                f"{key} {v['ratio']:.2f}x {v['share']:.0%}" for key, v in
+                sorted(result["terms"].items(), key=lambda item: -item[1]["share"])), flush=True)
             if args.sheets:
                 contact_sheet(model, rows, args.out, args.sheets / f"{path.stem}.jpg", args.device)
         results[path.stem] = result

@@ -500,6 +500,12 @@ def test_eval_styles_keeps_each_model_s_figures_and_optimizes_each_photo_once(tm
     quality = json.loads((out / "quality.json").read_text())["wave"]
     assert quality["photos"] == 1 and set(quality["ratios"]) == {"1", "0.5", "0.25"}
     assert quality["model_wins"] == int(quality["model_style"] <= quality["lbfgs_style"])
+    # Where the gap lives: every layer at every scale; one photo's shares of the gap sum to 1.
+    assert set(quality["terms"]) == {f"{layer}{at}" for layer in ("relu1_1", "relu2_1", "relu3_1")
+                                     for at in ("", "@0.5", "@0.25")}
+    assert sum(term["share"] for term in quality["terms"].values()) == pytest.approx(1.0, rel=1e-3)
+    assert all(term["ratio"] > 0 for term in quality["terms"].values())
+    assert "gap by term (model / L-BFGS, share of the gap): relu" in capsys.readouterr().out
     assert (tmp_path / "sheets" / "wave.jpg").is_file()
     # The optimization lowers the style loss below the photo's own (its first evaluation).
     history = json.loads(next((out / "lbfgs").glob("*.json")).read_text())

@@ -16,7 +16,7 @@ from fastnst.images import to_tensor
 from fastnst.losses import LossSpec, content_targets, perceptual_losses, style_grams, tv_loss
 from fastnst.models.vgg import VGGFeatures
 from fastnst.pretrained import load_loss_network
-from fastnst.score import ScoreConfig, parse_blend, score_images, style_ratios
+from fastnst.score import ScoreConfig, parse_blend, score_images, style_ratios, style_terms
 
 from conftest import gradient_image, random_vgg_state
 
@@ -211,12 +211,18 @@ def test_style_mix_names_the_styles_and_the_old_blend_spelling_says_it_is_deprec
     assert "no style 'nope'" in capsys.readouterr().err
 
 
-def test_style_ratios_against_an_independent_gram_computation():
+@pytest.fixture
+def small_vgg():
+    """A random VGG16 to relu2_2 and a two-layer, two-scale style loss on it."""
     torch.manual_seed(5)
     vgg = VGGFeatures("vgg16", ["relu1_2", "relu2_2"])
     vgg.load_state_dict(random_vgg_state("vgg16", "relu2_2"))
-    spec = LossSpec(style_layers="relu1_2,relu2_2:0.5", content_layers="relu2_2", style_weight=123.0,
-                    style_scales="1,0.5")
+    return vgg, LossSpec(style_layers="relu1_2,relu2_2:0.5", content_layers="relu2_2", style_weight=123.0,
+                         style_scales="1,0.5")
+
+
+def test_style_ratios_against_an_independent_gram_computation(small_vgg):
+    vgg, spec = small_vgg
     photo, stylized, style = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 32, 40), torch.rand(1, 3, 36, 36)
     ratios = style_ratios(vgg, stylized, photo, style, spec)
     assert style_ratios(vgg, photo, photo, style, spec) == {1.0: 1.0, 0.5: 1.0}
@@ -233,3 +239,21 @@ def test_style_ratios_against_an_independent_gram_computation():
     with torch.no_grad():
         for scale, k in ((1.0, 1), (0.5, 2)):
             assert ratios[scale] == pytest.approx(loss(stylized, k) / loss(photo, k), rel=1e-4)
+
+
+def test_style_terms_are_each_layer_and_scale_s_part_of_the_training_style_loss(small_vgg):
+    vgg, spec = small_vgg
+    image, style = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 36, 36)
+    grams = style_grams(vgg, style, spec)
+    terms = style_terms(vgg, image, grams, spec)
+    assert list(terms) == ["relu1_2", "relu2_2", "relu1_2@0.5", "relu2_2@0.5"]
+    with torch.no_grad():
+        total = perceptual_losses(vgg, image, content_targets(vgg, image, spec), grams, spec)["style"]
+        assert sum(terms.values()) == pytest.approx(float(total), rel=1e-5)
+        for key, value in terms.items():  # weight x layer weight x mean squared Gram difference / 2 scales
+            layer, k = (key.split("@")[0], 2) if "@" in key else (key, 1)
+            small, target = (torch.nn.functional.avg_pool2d(t, k) if k > 1 else t for t in (image, style))
+            a, b = vgg(small)[layer].double(), vgg(target)[layer].double()
+            g = [f.flatten(2) @ f.flatten(2).transpose(1, 2) / f[0].numel() for f in (a, b)]
+            expected = 123.0 * (0.5 if layer == "relu2_2" else 1.0) * float(((g[0] - g[1]) ** 2).mean()) / 2
+            assert value == pytest.approx(expected, rel=1e-4), key
