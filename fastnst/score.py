@@ -161,15 +161,10 @@ def style_ratios(vgg: torch.nn.Module, stylized: torch.Tensor, photo: torch.Tens
     nearer than the photo itself; the bundled styles' bar is 0.10 at 1, ½ and ¼
     (docs/recipe.md). Layer weights count; loss weights do not (they cancel).
     """
-    ratios = {}
     with torch.no_grad():
         grams = style_targets(vgg, [style], spec)  # every scale's Grams at once
-        for scale in spec.style_scales:
-            targets = {layer: grams[scale_key(layer, scale)] for layer in spec.style_layers}
-            ours, reference = (style_loss(vgg(downscale(image, scale)), targets, spec.style_layers)
-                               for image in (stylized, photo))
-            ratios[scale] = float(ours / reference)
-    return ratios
+        ours, reference = (gram_errors(vgg, image, grams, spec) for image in (stylized, photo))
+    return {scale: float(sum(ours[scale].values()) / sum(reference[scale].values())) for scale in spec.style_scales}
 
 
 def style_terms(vgg: torch.nn.Module, image: torch.Tensor, grams: dict[str, torch.Tensor], spec: LossSpec
@@ -181,15 +176,22 @@ def style_terms(vgg: torch.nn.Module, image: torch.Tensor, grams: dict[str, torc
     for the bundled styles against optimization, mostly relu2_1 and relu3_1 at ½ and ¼
     (docs/recipe.md, "Where the gap lives").
     """
-    terms = {}
     with torch.no_grad():
-        for scale in spec.style_scales:
-            features = vgg(downscale(image, scale))
-            for layer, weight in spec.style_layers.items():
-                key = scale_key(layer, scale)
-                part = style_loss(features, {layer: grams[key]}, {layer: weight})
-                terms[key] = float(part) * spec.style_weight / len(spec.style_scales)
-    return terms
+        errors = gram_errors(vgg, image, grams, spec)
+    return {scale_key(layer, scale): float(error) * spec.style_weight / len(spec.style_scales)
+            for scale, layers in errors.items() for layer, error in layers.items()}
+
+
+def gram_errors(vgg: torch.nn.Module, image: torch.Tensor, grams: dict[str, torch.Tensor], spec: LossSpec
+                ) -> dict[float, dict[str, torch.Tensor]]:
+    """Per scale, per style layer: the layer-weighted Gram MSE of ``image`` against ``grams``, before the loss
+    weight — what ``style_ratios`` divides and ``style_terms`` weighs (the same ``style_loss`` training uses)."""
+    errors = {}
+    for scale in spec.style_scales:
+        features = vgg(downscale(image, scale))
+        errors[scale] = {layer: style_loss(features, {layer: grams[scale_key(layer, scale)]}, {layer: weight})
+                         for layer, weight in spec.style_layers.items()}
+    return errors
 
 
 def score_images(config: ScoreConfig) -> ScoreReport:

@@ -211,6 +211,14 @@ def test_style_mix_names_the_styles_and_the_old_blend_spelling_says_it_is_deprec
     assert "no style 'nope'" in capsys.readouterr().err
 
 
+def gram_mse(vgg, image, style, layer, k):
+    """Mean squared difference of the float64 Gram matrices (÷ C·H·W) of ``layer``, both images box-filtered by k."""
+    small, target = (torch.nn.functional.avg_pool2d(t, k) if k > 1 else t for t in (image, style))
+    a, b = vgg(small)[layer].double(), vgg(target)[layer].double()
+    grams = [f.flatten(2) @ f.flatten(2).transpose(1, 2) / f[0].numel() for f in (a, b)]
+    return float(((grams[0] - grams[1]) ** 2).mean())
+
+
 @pytest.fixture
 def small_vgg():
     """A random VGG16 to relu2_2 and a two-layer, two-scale style loss on it."""
@@ -228,13 +236,8 @@ def test_style_ratios_against_an_independent_gram_computation(small_vgg):
     assert style_ratios(vgg, photo, photo, style, spec) == {1.0: 1.0, 0.5: 1.0}
 
     def loss(image, k):  # Σ layer weight × mean squared Gram difference, the image and style box-filtered by k
-        small, target = (torch.nn.functional.avg_pool2d(t, k) if k > 1 else t for t in (image, style))
-        total = 0.0
-        for layer, weight in (("relu1_2", 1.0), ("relu2_2", 0.5)):
-            a, b = vgg(small)[layer].double(), vgg(target)[layer].double()
-            grams = [f.flatten(2) @ f.flatten(2).transpose(1, 2) / f[0].numel() for f in (a, b)]
-            total += weight * float(((grams[0] - grams[1]) ** 2).mean())
-        return total
+        return sum(weight * gram_mse(vgg, image, style, layer, k)
+                   for layer, weight in (("relu1_2", 1.0), ("relu2_2", 0.5)))
 
     with torch.no_grad():
         for scale, k in ((1.0, 1), (0.5, 2)):
@@ -252,8 +255,5 @@ def test_style_terms_are_each_layer_and_scale_s_part_of_the_training_style_loss(
         assert sum(terms.values()) == pytest.approx(float(total), rel=1e-5)
         for key, value in terms.items():  # weight x layer weight x mean squared Gram difference / 2 scales
             layer, k = (key.split("@")[0], 2) if "@" in key else (key, 1)
-            small, target = (torch.nn.functional.avg_pool2d(t, k) if k > 1 else t for t in (image, style))
-            a, b = vgg(small)[layer].double(), vgg(target)[layer].double()
-            g = [f.flatten(2) @ f.flatten(2).transpose(1, 2) / f[0].numel() for f in (a, b)]
-            expected = 123.0 * (0.5 if layer == "relu2_2" else 1.0) * float(((g[0] - g[1]) ** 2).mean()) / 2
+            expected = 123.0 * (0.5 if layer == "relu2_2" else 1.0) * gram_mse(vgg, image, style, layer, k) / 2
             assert value == pytest.approx(expected, rel=1e-4), key
